@@ -1,0 +1,28 @@
+"""Open the Redis client: a real server from REDIS_URL, or an in-process fakeredis."""
+
+from __future__ import annotations
+
+import logging
+
+import fakeredis
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from service.settings import Settings
+
+log = logging.getLogger("perch")
+
+
+def open_redis(settings: Settings) -> Redis:
+    """Return a client with explicit timeouts and a bounded, blocking connection pool."""
+    if settings.redis_url is None:
+        log.warning("REDIS_URL is not set: using an in-process fakeredis; data lasts only as long as this process.")
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_timeout_seconds,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        decode_responses=True,
+    )
+    return Redis(connection_pool=pool)
