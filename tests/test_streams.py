@@ -118,13 +118,13 @@ async def test_slots_of_a_crashed_process_expire(redis: Redis) -> None:
 
 
 async def test_refresh_keeps_a_long_stream_slot(redis: Redis) -> None:
-    slots = StreamSlots(redis, ttl_seconds=0.2)
+    slots = StreamSlots(redis, ttl_seconds=0.3)
     slot = await slots.acquire(KEY, cap=1)
     assert slot is not None
 
-    await asyncio.sleep(0.12)
+    await asyncio.sleep(0.2)
     assert await slots.refresh(KEY, slot)
-    await asyncio.sleep(0.12)
+    await asyncio.sleep(0.2)
 
     assert await slots.acquire(KEY, cap=1) is None
 
