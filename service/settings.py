@@ -99,9 +99,9 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _choice(environ: Mapping[str, str], name: str, options: tuple[str, ...], default: str) -> Literal[
-    "development", "production"
-]:
+def _choice(
+    environ: Mapping[str, str], name: str, options: tuple[str, ...], default: str
+) -> Literal["development", "production"]:
     value = environ.get(name) or default
     if value not in options:
         raise SettingsError(f"{name} must be one of {', '.join(options)}; got {value!r}.")
