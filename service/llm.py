@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx2
-from agents import OpenAIChatCompletionsModel
+from agents import OpenAIChatCompletionsModel, set_tracing_export_api_key
 from openai import AsyncOpenAI
 
 from service.settings import Settings
@@ -52,11 +52,19 @@ class LLM:
             ("gemini", settings.gemini_api_key, settings.gemini_base_url),
             ("compatible", settings.compatible_api_key or "none", settings.compatible_base_url),
         ]
+        self._tracing = bool(settings.openai_api_key) and settings.openai_base_url is None
+        if self._tracing:
+            set_tracing_export_api_key(settings.openai_api_key or "")
         for provider, api_key, base_url in configured:
             if api_key and (base_url or provider == "openai"):
                 self._clients[provider] = AsyncOpenAI(
                     api_key=api_key, base_url=base_url, timeout=timeout, max_retries=settings.llm_max_retries
                 )
+
+    @property
+    def tracing(self) -> bool:
+        """Trace runs to OpenAI only when we talk to OpenAI itself with our own key."""
+        return self._tracing
 
     def model(self, ai: AISettings) -> OpenAIChatCompletionsModel:
         """Return the Agents SDK model for a tenant's AI settings."""

@@ -32,7 +32,7 @@ async def chatkit(request: Request) -> Response:
     tenant = await services.tenants.get(claims.tenant_id)
     chat_request = parse_request(await request.body())
     context = RequestContext(tenant.id, claims.visitor_id, claims.origin, tenant.retention_seconds)
-    server = ChatServer(services.store, tenant, services.llm, tracing=bool(services.settings.openai_api_key))
+    server = ChatServer(services.store, tenant, services.llm, tracing=services.llm.tracing)
     if is_streaming_req(chat_request):
         await server.check(chat_request, context)
         return StreamingResponse(
