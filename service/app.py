@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
 from service.demo import seed_demo
-from service.endpoints import chatkit, demo, health, widget
+from service.endpoints import chatkit, demo, embed, health, widget
 from service.errors import ServiceError, handle_service_error
 from service.llm import LLM
 from service.middleware.bodylimit import BodyLimitMiddleware
@@ -71,6 +71,9 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
             middleware=[Middleware(OriginGate, resolve=chatkit.tenant_allows_origin)],
         ),
         Route("/demo", demo.demo),
+        Route("/widget.js", embed.widget_js, methods=["GET"]),
+        Route("/widget/{name}", embed.widget_asset, methods=["GET"]),
+        Route("/embed/{key}", embed.embed_page, methods=["GET"]),
     ]
     middleware = [
         Middleware(RequestIdMiddleware),
