@@ -75,6 +75,10 @@ def visitor_message_rate(tenant_id: str, visitor_id: str) -> str:
     return f"{_tenant_tag(tenant_id)}:rl:visitor:{visitor_id}"
 
 
+def visitor_request_rate(tenant_id: str, visitor_id: str) -> str:
+    return f"{_tenant_tag(tenant_id)}:rl:visitor-requests:{visitor_id}"
+
+
 def tenant_message_rate(tenant_id: str) -> str:
     return f"{_tenant_tag(tenant_id)}:rl:tenant"
 
@@ -93,5 +97,6 @@ def tenant_usage(tenant_id: str, day: str) -> str:
     return f"{_tenant_tag(tenant_id)}:usage:{day}"
 
 
-def session_rate(client_ip: str) -> str:
-    return f"{PREFIX}:{{ip:{client_ip}}}:rl:sessions"
+def session_rate(tenant_id: str, client_network: str) -> str:
+    """New sessions on one tenant's sites from one client address (an IPv6 /64 counts as one)."""
+    return f"{_tenant_tag(tenant_id)}:rl:sessions:{client_network}"

@@ -33,6 +33,8 @@ class LLM:
     """The model clients, built from settings and closed at shutdown."""
 
     def __init__(self, settings: Settings) -> None:
+        # Connect and first-token bounds are the HTTP client's; the whole reply's is the caller's to check.
+        self.total_timeout_seconds = settings.llm_total_timeout_seconds
         timeout = httpx2.Timeout(
             connect=settings.llm_connect_timeout_seconds,
             read=settings.llm_first_token_timeout_seconds,

@@ -6,6 +6,8 @@ import logging
 
 import fakeredis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from service.settings import Settings
 
@@ -13,7 +15,11 @@ log = logging.getLogger("perch")
 
 
 def open_redis(settings: Settings) -> Redis:
-    """Return a client with explicit timeouts and a bounded, blocking connection pool."""
+    """Return a client with explicit timeouts and a bounded, blocking connection pool.
+
+    No retries: a request that can't reach Redis fails fast with a 503 and the client retries,
+    which beats holding a request for several timeouts while Redis is down or hung.
+    """
     if settings.redis_url is None:
         log.warning("REDIS_URL is not set: using an in-process fakeredis; data lasts only as long as this process.")
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
@@ -23,6 +29,7 @@ def open_redis(settings: Settings) -> Redis:
         timeout=settings.redis_timeout_seconds,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
         decode_responses=True,
     )
     return Redis(connection_pool=pool)

@@ -10,9 +10,11 @@ from starlette.types import Scope
 
 from service.llm import LLM
 from service.settings import Settings
+from service.sse import OpenStreams
 from service.store import RedisStore
 from service.tenants import TenantRepository
 from service.tokens import SessionTokens
+from service.turns import Guards
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class Services:
     store: RedisStore
     tokens: SessionTokens
     llm: LLM
+    guards: Guards
+    open_streams: OpenStreams
 
     @classmethod
     def of(cls, request: HTTPConnection) -> Services:

@@ -40,13 +40,14 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     session_ttl_seconds: int = 3600
     max_body_bytes: int = 256 * 1024
-    redis_timeout_seconds: float = 1.0
+    redis_timeout_seconds: float = 0.5
     redis_pool_size: int = 64
     llm_connect_timeout_seconds: float = 5.0
     llm_first_token_timeout_seconds: float = 30.0
     llm_total_timeout_seconds: float = 120.0
     llm_max_retries: int = 2
-    shutdown_grace_seconds: float = 10.0
+    shutdown_grace_seconds: int = 10
+    heartbeat_seconds: float = 15.0
     admin_token: str | None = None
 
     @property
@@ -84,13 +85,14 @@ class Settings:
             trusted_proxies=_networks(environ.get("PERCH_TRUSTED_PROXIES", "")),
             session_ttl_seconds=_integer(environ, "PERCH_SESSION_TTL_SECONDS", 3600, 60, 86400),
             max_body_bytes=_integer(environ, "PERCH_MAX_BODY_BYTES", 256 * 1024, 1024, 16 * 1024 * 1024),
-            redis_timeout_seconds=_number(environ, "PERCH_REDIS_TIMEOUT_SECONDS", 1.0, 0.05, 30.0),
+            redis_timeout_seconds=_number(environ, "PERCH_REDIS_TIMEOUT_SECONDS", 0.5, 0.05, 30.0),
             redis_pool_size=_integer(environ, "PERCH_REDIS_POOL_SIZE", 64, 2, 10_000),
             llm_connect_timeout_seconds=_number(environ, "PERCH_LLM_CONNECT_TIMEOUT_SECONDS", 5.0, 0.1, 60.0),
             llm_first_token_timeout_seconds=_number(environ, "PERCH_LLM_FIRST_TOKEN_TIMEOUT_SECONDS", 30.0, 0.1, 600),
             llm_total_timeout_seconds=_number(environ, "PERCH_LLM_TOTAL_TIMEOUT_SECONDS", 120.0, 1.0, 3600),
             llm_max_retries=_integer(environ, "PERCH_LLM_MAX_RETRIES", 2, 0, 5),
-            shutdown_grace_seconds=_number(environ, "PERCH_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 600),
+            shutdown_grace_seconds=_integer(environ, "PERCH_SHUTDOWN_GRACE_SECONDS", 10, 1, 600),
+            heartbeat_seconds=_number(environ, "PERCH_SSE_HEARTBEAT_SECONDS", 15.0, 1.0, 300.0),
             admin_token=environ.get("PERCH_ADMIN_TOKEN") or None,
         )
 

@@ -13,6 +13,7 @@ from service import keys
 from service.errors import BadRequest, NotFound
 from service.ids import new_id
 from service.origins import OriginError, canonical_pattern
+from service.ratelimit import Rate
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")]
 HexColor = Annotated[str, StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$")]
@@ -59,11 +60,43 @@ class AISettings(Model):
     max_output_tokens: Annotated[int, Field(ge=16, le=8192)] = 1024
 
 
+class RateSetting(Model):
+    """``count`` per ``per_seconds`` on average, with up to ``burst`` back to back."""
+
+    count: Annotated[int, Field(ge=1, le=1_000_000)]
+    per_seconds: Annotated[int, Field(ge=1, le=86_400)]
+    burst: Annotated[int, Field(ge=1, le=10_000)]
+
+    def rate(self) -> Rate:
+        return Rate(self.count, self.per_seconds, self.burst)
+
+
+class Limits(Model):
+    """What one site's visitors may spend. The defaults suit a busy shop; docs/limits.md says why."""
+
+    # A session lasts an hour and survives reloads, so a person needs about one an hour; an office
+    # behind one NAT address still fits, a script minting visitors to dodge per-visitor limits does not.
+    sessions_per_ip: RateSetting = RateSetting(count=30, per_seconds=3600, burst=10)
+    # People write a message every few seconds at most; a burst covers quick follow-ups and prompts.
+    visitor_messages: RateSetting = RateSetting(count=6, per_seconds=60, burst=4)
+    # Opening the chat lists threads and items: a few reads per open, far below this.
+    visitor_requests: RateSetting = RateSetting(count=120, per_seconds=60, burst=60)
+    # The site as a whole: ten turns a second sustained caps what a distributed abuser can spend.
+    tenant_messages: RateSetting = RateSetting(count=600, per_seconds=60, burst=100)
+    # One reply at a time per tab; two covers a second tab.
+    concurrent_streams: Annotated[int, Field(ge=1, le=20)] = 2
+    # Tokens per UTC day, None for no cap: ~2M tokens is a few dollars on small models.
+    tenant_daily_tokens: Annotated[int, Field(ge=1_000, le=10_000_000_000)] | None = 2_000_000
+    # About forty turns with history; a single visitor can't eat the whole site's budget.
+    visitor_daily_tokens: Annotated[int, Field(ge=1_000, le=100_000_000)] | None = 100_000
+
+
 class Tenant(Model):
     id: Slug
     name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
     branding: Branding = Branding()
     ai: AISettings = AISettings()
+    limits: Limits = Limits()
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -108,7 +108,7 @@ async def test_idle_keys_expire_once_their_limit_is_full_again(redis: Redis) -> 
 
 async def test_keys_of_different_hash_tags_are_refused(redis: Redis) -> None:
     limiter = RateLimiter(redis)
-    per_ip = Limit(keys.session_rate("203.0.113.9"), Rate(1, SLOW, 1), "sessions")
+    per_ip = Limit(keys.session_rate("globex", "203.0.113.9"), Rate(1, SLOW, 1), "sessions")
 
     with pytest.raises(ValueError, match="hash tag"):
         await limiter.acquire(per_ip, tenant_limit(burst=1))

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 from chatkit.types import is_streaming_req
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Scope
 
-from service.chat import ChatServer, parse_request
+from service.chat import ChatServer, page_context, parse_request
 from service.context import RequestContext
 from service.errors import Forbidden, Unauthorized
 from service.origins import canonical_origin, origin_matches
 from service.services import Services, own_origin
+from service.sse import EventStream, error_events
 from service.tokens import SessionToken
-
-SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+from service.turns import TurnRefused
 
 
 async def tenant_allows_origin(scope: Scope, origin: str) -> bool:
@@ -32,13 +34,24 @@ async def chatkit(request: Request) -> Response:
     tenant = await services.tenants.get(claims.tenant_id)
     chat_request = parse_request(await request.body())
     context = RequestContext(tenant.id, claims.visitor_id, claims.origin, tenant.retention_seconds)
-    server = ChatServer(services.store, tenant, services.llm, tracing=services.llm.tracing)
-    if is_streaming_req(chat_request):
-        await server.check(chat_request, context)
-        return StreamingResponse(
-            server.stream(chat_request, context), media_type="text/event-stream", headers=SSE_HEADERS
-        )
-    return Response(await server.answer(chat_request, context), media_type="application/json")
+    turn = services.guards.turn(tenant, context)
+    server = ChatServer(
+        services.store, tenant, services.llm, turn, page=page_context(chat_request), tracing=services.llm.tracing
+    )
+    if not is_streaming_req(chat_request):
+        await services.guards.check_request(tenant, context)
+        return Response(await server.answer(chat_request, context), media_type="application/json")
+    await server.check(chat_request, context)
+    heartbeat, streams = services.settings.heartbeat_seconds, services.open_streams
+    try:
+        await turn.admit()
+    except TurnRefused as refused:
+        # ChatKit shows an error event's message in the conversation; a 429 would be a generic failure.
+        headers = {} if refused.retry_after is None else {"Retry-After": str(math.ceil(refused.retry_after))}
+        events = error_events(refused.message, allow_retry=True)
+        return EventStream(events, heartbeat_seconds=heartbeat, streams=streams, headers=headers)
+    events = server.stream(chat_request, context)
+    return EventStream(events, heartbeat_seconds=heartbeat, streams=streams, on_close=turn.close)
 
 
 async def _authorize(request: Request, services: Services) -> SessionToken:

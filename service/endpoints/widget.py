@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
@@ -81,11 +82,24 @@ async def session(request: Request) -> JSONResponse:
     origin = canonical_origin(request.headers["origin"])
     tenant = await services.tenants.get(key.tenant_id)
     previous = await _session_request(request)
+    await services.guards.check_session(tenant, client_network(request))
     visitor_id = _returning_visitor(services, previous.token, tenant, origin) or new_id("v")
     token, claims = services.tokens.issue(tenant_id=tenant.id, key_id=key.id, origin=origin, visitor_id=visitor_id)
     expires_at = datetime.fromtimestamp(claims.expires_at, UTC).isoformat()
     body = {"token": token, "expires_at": expires_at, "visitor_id": visitor_id}
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+def client_network(connection: HTTPConnection) -> str:
+    """Return the caller's address as limits count it: an IPv4 address, or an IPv6 /64 (one subscriber's)."""
+    host = connection.client.host if connection.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "unknown"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(getattr(address, "ipv4_mapped", None) or address)
 
 
 async def _session_request(request: Request) -> SessionRequest:
