@@ -11,67 +11,86 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import uvicorn
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
 from service.app import create_app
-from service.errors import ServiceError
+from service.errors import NotFound, ServiceError
+from service.origins import OriginError, canonical_pattern
 from service.redis_client import open_redis
 from service.settings import Settings, SettingsError
-from service.tenants import DomainKey, Tenant, TenantRepository
+from service.tenants import DomainKey, Slug, Tenant, TenantRepository
 
 Command = Callable[[TenantRepository, argparse.Namespace], Awaitable[Any]]
+SLUG: TypeAdapter[str] = TypeAdapter(Slug)
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m service", description="Perch: embeddable AI chat for any site.")
     root.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    # `--json` is accepted after the command too (`keys list acme --json`); SUPPRESS keeps a
+    # subcommand that didn't get it from resetting the value the root parser read.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print machine-readable JSON")
     groups = root.add_subparsers(dest="group", required=True)
     serve = groups.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default="127.0.0.1")
 
     tenants = groups.add_parser("tenants", help="manage tenants").add_subparsers(dest="action", required=True)
-    create = tenants.add_parser("create", help="create a tenant")
+    create = tenants.add_parser("create", help="create a tenant", parents=[common])
     create.add_argument("id", help="slug: lowercase letters, digits and dashes")
     create.add_argument("--name", required=True)
     create.add_argument("--provider", choices=["demo", "openai", "gemini", "compatible"], default="demo")
     create.add_argument("--model", default=None)
-    tenants.add_parser("list", help="list tenants")
-    tenants.add_parser("show", help="show one tenant").add_argument("id")
+    tenants.add_parser("list", help="list tenants", parents=[common])
+    tenants.add_parser("show", help="show one tenant", parents=[common]).add_argument("id")
 
     keys = groups.add_parser("keys", help="manage domain keys").add_subparsers(dest="action", required=True)
-    key_create = keys.add_parser("create", help="issue a domain key")
+    key_create = keys.add_parser("create", help="issue a domain key", parents=[common])
     key_create.add_argument("tenant")
     key_create.add_argument("--origin", action="append", default=[], help="allowed origin (repeatable)")
     key_create.add_argument("--label", default="")
-    keys.add_parser("list", help="list a tenant's keys").add_argument("tenant")
-    keys.add_parser("revoke", help="revoke a key").add_argument("key")
+    keys.add_parser("list", help="list a tenant's keys", parents=[common]).add_argument("tenant")
+    keys.add_parser("revoke", help="revoke a key", parents=[common]).add_argument("key")
     for name in ("add-origin", "remove-origin"):
-        action = keys.add_parser(name, help=f"{name.split('-')[0]} an allowed origin")
+        action = keys.add_parser(name, help=f"{name.split('-')[0]} an allowed origin", parents=[common])
         action.add_argument("key")
         action.add_argument("origin")
     return root
 
 
 async def tenants_create(repo: TenantRepository, args: argparse.Namespace) -> Tenant:
+    try:
+        SLUG.validate_python(args.id)
+    except ValidationError:
+        raise ServiceError(
+            f"{args.id!r} is not a valid tenant id: use 1 to 40 lowercase letters, digits and dashes, "
+            "starting and ending with a letter or digit, like acme-shop."
+        ) from None
     ai = {"provider": args.provider, "model": args.model or _default_model(args.provider)}
     tenant = Tenant.model_validate({"id": args.id, "name": args.name, "ai": ai})
-    if args.id in {t.id for t in await repo.all()}:
-        raise ServiceError(f"Tenant {args.id!r} already exists.")
+    if await _exists(repo, args.id):
+        raise ServiceError(f"Tenant {args.id!r} already exists: `tenants show {args.id}` prints it.")
     await repo.save(tenant)
     return tenant
 
 
 async def keys_add_origin(repo: TenantRepository, args: argparse.Namespace) -> DomainKey:
-    key = await repo.get_key(args.key)
+    key = await _key(repo, args.key)
     return await repo.set_origins(key.id, [*key.origins, args.origin])
 
 
 async def keys_remove_origin(repo: TenantRepository, args: argparse.Namespace) -> DomainKey:
-    key = await repo.get_key(args.key)
-    if args.origin not in key.origins:
-        raise ServiceError(f"{args.origin!r} is not one of {key.id}'s origins: {', '.join(key.origins) or 'none'}.")
-    return await repo.set_origins(key.id, [o for o in key.origins if o != args.origin])
+    key = await _key(repo, args.key)
+    # Stored origins are canonical, so compare the canonical form: `https://Shop.example.com/` names
+    # the same origin as `https://shop.example.com`.
+    try:
+        origin = canonical_pattern(args.origin)
+    except OriginError as exc:
+        raise ServiceError(str(exc)) from None
+    if origin not in key.origins:
+        raise ServiceError(f"{origin} is not one of {key.id}'s origins: {', '.join(key.origins) or 'none'}.")
+    return await repo.set_origins(key.id, [o for o in key.origins if o != origin])
 
 
 async def _tenants_list(repo: TenantRepository, args: argparse.Namespace) -> list[Tenant]:
@@ -92,7 +111,24 @@ async def _keys_list(repo: TenantRepository, args: argparse.Namespace) -> list[D
 
 
 async def _keys_revoke(repo: TenantRepository, args: argparse.Namespace) -> DomainKey:
+    await _key(repo, args.key)
     return await repo.revoke_key(args.key)
+
+
+async def _exists(repo: TenantRepository, tenant_id: str) -> bool:
+    try:
+        await repo.get(tenant_id)
+    except NotFound:
+        return False
+    return True
+
+
+async def _key(repo: TenantRepository, key_id: str) -> DomainKey:
+    # The repository's message is written for a site owner's snippet; an operator wants the id.
+    try:
+        return await repo.get_key(key_id)
+    except NotFound:
+        raise NotFound(f"No domain key {key_id!r}: `keys list <tenant>` shows a tenant's keys.") from None
 
 
 COMMANDS: dict[tuple[str, str], Command] = {
@@ -113,7 +149,10 @@ def _default_model(provider: str) -> str:
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     """Run one command; return the process exit code."""
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage or help
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         settings = Settings.from_env(environ)
     except SettingsError as exc:
@@ -144,6 +183,9 @@ async def _run(command: Command, settings: Settings, args: argparse.Namespace) -
         return await command(TenantRepository(redis), args)
     finally:
         await redis.aclose()
+        # Close the pool's sockets even if the client doesn't own its pool: asyncio.run is about to
+        # close the loop, and sockets left open then are leaked (and warned about).
+        await redis.connection_pool.disconnect()
 
 
 def _message(exc: Exception) -> str:
@@ -173,8 +215,9 @@ def serve(settings: Settings, host: str) -> int:
         create_app(settings),
         host=host,
         port=settings.port,
-        proxy_headers=True,
-        forwarded_allow_ips=",".join(str(n) for n in settings.trusted_proxies) or "127.0.0.1",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        # The app reads X-Forwarded-* itself, only from PERCH_TRUSTED_PROXIES; uvicorn's own reading
+        # would also believe 127.0.0.1 when no proxy is configured.
+        proxy_headers=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     return 0
