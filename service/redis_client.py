@@ -32,4 +32,5 @@ def open_redis(settings: Settings) -> Redis:
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
     )
-    return Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so closing the client closes its connections too.
+    return Redis.from_pool(pool)

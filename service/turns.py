@@ -50,7 +50,9 @@ class TurnRefused(Exception):
 
 
 def in_seconds(seconds: float) -> str:
-    return f"{max(1, math.ceil(seconds))} s"
+    """Say a wait the way people read it: "12 s" up to a minute and a half, then whole minutes."""
+    whole = max(1, math.ceil(seconds))
+    return f"{whole} s" if whole <= 90 else f"{math.ceil(whole / 60)} min"
 
 
 REFUSALS = {

@@ -5,7 +5,10 @@ from collections.abc import AsyncIterator
 
 import fakeredis
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from tests.fake_upstream import FakeUpstream
+from tests.live import serve
 
 REDIS_URL = os.environ.get("REDIS_URL")
 
@@ -38,3 +41,22 @@ async def any_redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[FakeUpstream, str]]:
+    """The fake OpenAI-compatible upstream on a real socket, and its base URL for the openai client."""
+    fake = FakeUpstream()
+    async with serve(fake.app) as url:
+        yield fake, f"{url}/v1"
+
+
+@pytest.fixture
+async def pooled(redis: Redis) -> AsyncIterator[Redis]:
+    """The same server behind a small blocking pool, as the service runs, so a crowd of callers queues for it."""
+    pool = redis.connection_pool
+    blocking = BlockingConnectionPool(
+        connection_class=pool.connection_class, max_connections=32, **pool.connection_kwargs
+    )
+    yield Redis(connection_pool=blocking)
+    await blocking.aclose()

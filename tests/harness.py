@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from service.app import create_app
 from service.settings import Settings
-from service.tenants import AISettings, Tenant, TenantRepository
+from service.tenants import AISettings, Limits, Tenant, TenantRepository
 
 SHOP = "https://shop.example.com"
 BASE_URL = "http://perch.test"
@@ -32,11 +32,11 @@ async def perch(redis: Redis, settings: Settings = SETTINGS) -> AsyncIterator[ht
 
 
 async def add_tenant(
-    redis: Redis, tenant_id: str = "acme", origins: tuple[str, ...] = (SHOP,), **ai: Any
+    redis: Redis, tenant_id: str = "acme", origins: tuple[str, ...] = (SHOP,), limits: Limits | None = None, **ai: Any
 ) -> tuple[Tenant, str]:
     """Create a tenant with one domain key; return the tenant and the key id."""
     repo = TenantRepository(redis)
-    tenant = Tenant(id=tenant_id, name=tenant_id.title(), ai=AISettings(**ai))
+    tenant = Tenant(id=tenant_id, name=tenant_id.title(), ai=AISettings(**ai), limits=limits or Limits())
     await repo.save(tenant)
     key = await repo.create_key(tenant_id, list(origins))
     return tenant, key.id
@@ -78,3 +78,17 @@ def reply_text(events: list[dict[str, Any]]) -> str:
 
 def with_settings(**changes: Any) -> Settings:
     return replace(SETTINGS, **changes)
+
+
+def openai_settings(base_url: str, **changes: Any) -> Settings:
+    """Settings whose `openai` provider is the fake upstream at `base_url`, without client retries."""
+    return with_settings(**{"openai_api_key": "sk-test", "openai_base_url": base_url, "llm_max_retries": 0, **changes})
+
+
+async def start_turn(
+    client: httpx.AsyncClient, key: str, text: str = "Hi", token: str | None = None
+) -> tuple[str, httpx.Response]:
+    """Start a visitor's session (unless given its token) and a new thread with one message."""
+    token = token or (await start_session(client, key))["token"]
+    body = {"type": "threads.create", "params": {"input": user_input(text)}}
+    return token, await client.post("/t/acme/chatkit", headers=chatkit_headers(token), json=body)

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -16,31 +14,15 @@ from tests.harness import (
     SHOP,
     add_tenant,
     chatkit_headers,
+    openai_settings,
     perch,
     reply_text,
     sse_events,
     start_session,
+    start_turn,
     user_input,
-    with_settings,
 )
 from tests.live import serve
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[tuple[FakeUpstream, str]]:
-    fake = FakeUpstream()
-    async with serve(fake.app) as url:
-        yield fake, f"{url}/v1"
-
-
-def openai_settings(base_url: str, **changes: Any) -> Any:
-    return with_settings(openai_api_key="sk-test", openai_base_url=base_url, llm_max_retries=0, **changes)
-
-
-async def start_turn(client: httpx.AsyncClient, key: str, text: str = "Hi") -> tuple[str, httpx.Response]:
-    token = (await start_session(client, key))["token"]
-    body = {"type": "threads.create", "params": {"input": user_input(text)}}
-    return token, await client.post("/t/acme/chatkit", headers=chatkit_headers(token), json=body)
 
 
 async def test_reply_streams_from_the_upstream_with_the_tenants_instructions(

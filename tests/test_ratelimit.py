@@ -1,27 +1,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from service import keys
 from service.ratelimit import Decision, Limit, Rate, RateLimiter
 
 # Slow enough that nothing refills while a test runs.
 SLOW = 60.0
-
-
-@pytest.fixture
-async def pooled(redis: Redis) -> AsyncIterator[Redis]:
-    """The same server behind a small blocking pool, as the service runs, so a crowd of callers queues for it."""
-    pool = redis.connection_pool
-    blocking = BlockingConnectionPool(
-        connection_class=pool.connection_class, max_connections=32, **pool.connection_kwargs
-    )
-    yield Redis(connection_pool=blocking)
-    await blocking.aclose()
 
 
 def visitor_limit(burst: int, count: int = 1, period: float = SLOW) -> Limit:
