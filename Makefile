@@ -1,7 +1,7 @@
 PYTHON ?= .venv/bin/python
 PORT ?= 8000
 
-.PHONY: run test check install lock
+.PHONY: run test check bench install lock
 
 .venv/.installed: pyproject.toml constraints.txt
 	test -d .venv || python3 -m venv .venv
@@ -20,6 +20,9 @@ test: install
 check: install
 	$(PYTHON) -m ruff check service tests bench
 	$(PYTHON) -m mypy
+
+bench: install
+	$(PYTHON) -m bench.bench_requests
 
 lock: install
 	$(PYTHON) -m pip freeze --exclude-editable > constraints.txt
