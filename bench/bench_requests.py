@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -122,16 +121,18 @@ Each figure is the fastest of {ROUNDS} rounds; ratios compare numbers measured i
 | reference: `TypeAdapter(ChatKitReq)` built per request (the SDK's `process`) | {per_request * 1e3:.2f} ms | 1.00 |
 | Perch: one cached adapter (`service.chat.REQUEST_ADAPTER`) | {cached * 1e6:.1f} µs | {cached / per_request:.4f} |
 
-The cached adapter is **{per_request / cached:.0f}× faster**: {(per_request - cached) * 1e3:.2f} ms of CPU saved per request.
+The cached adapter is **{per_request / cached:.0f}× faster**:
+{(per_request - cached) * 1e3:.2f} ms of CPU saved per request.
 
 ## Admitting a chat turn
 
 | what | per call | ratio |
 | --- | ---: | ---: |
 | reference: Redis `PING` round trip | {ping * 1e6:.0f} µs | 1.00 |
-| `Turn.admit()` + `Turn.close()`: slot script, both rates in one script, slot release | {admission * 1e6:.0f} µs | {admission / ping:.2f} |
+| `Turn.admit()` + `close()`: slot, both rates, release | {admission * 1e6:.0f} µs | {admission / ping:.2f} |
 
-Limits cost about **{admission / ping:.1f} round trips** per chat turn (three scripts or commands), before any model call.
+Limits cost about **{admission / ping:.1f} round trips** per chat turn (two scripts and one command),
+before any model call.
 """
     RESULTS.write_text(report, encoding="utf-8")
     print(report)
