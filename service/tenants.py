@@ -72,7 +72,7 @@ class RateSetting(Model):
 
 
 class Limits(Model):
-    """What one site's visitors may spend. The defaults suit a busy shop; docs/limits.md says why."""
+    """What one site's visitors may spend. The defaults suit a busy shop; docs/architecture.md says why."""
 
     # A session lasts an hour and survives reloads, so a person needs about one an hour; an office
     # behind one NAT address still fits, a script minting visitors to dodge per-visitor limits does not.
