@@ -4,25 +4,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
+import re
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import uvicorn
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
 from service.app import create_app
+from service.budget import USAGE_RETENTION, DailyUsage, TokenBudget
 from service.errors import NotFound, ServiceError
 from service.origins import OriginError, canonical_pattern
 from service.redis_client import open_redis
 from service.settings import Settings, SettingsError
-from service.tenants import DomainKey, Slug, Tenant, TenantRepository
+from service.tenants import DomainKey, Limits, RateSetting, Slug, Tenant, TenantRepository
 
 Command = Callable[[TenantRepository, argparse.Namespace], Awaitable[Any]]
 SLUG: TypeAdapter[str] = TypeAdapter(Slug)
+# How each of a tenant's limits is written on the command line; a test keeps this in step with `Limits`.
+LIMIT_KINDS: dict[str, Literal["rate", "count", "tokens"]] = {
+    "sessions_per_ip": "rate",
+    "visitor_messages": "rate",
+    "visitor_requests": "rate",
+    "tenant_messages": "rate",
+    "concurrent_streams": "count",
+    "tenant_daily_tokens": "tokens",
+    "visitor_daily_tokens": "tokens",
+}
+METAVARS = {"rate": "N/SECONDS/BURST", "count": "N", "tokens": "N|none"}
+LIMIT_HELP = {
+    "rate": "N per SECONDS, with bursts of up to BURST",
+    "count": "replies streaming at once per visitor",
+    "tokens": "tokens per UTC day, or none for no cap",
+}
+RATE = re.compile(r"^(\d+)/(\d+)/(\d+)$")
+RATE_PARTS = {"count": "N", "per_seconds": "SECONDS", "burst": "BURST"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,6 +65,23 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--model", default=None)
     tenants.add_parser("list", help="list tenants", parents=[common])
     tenants.add_parser("show", help="show one tenant", parents=[common]).add_argument("id")
+    limits = tenants.add_parser(
+        "limits",
+        help="show or change a tenant's limits",
+        description="Show a tenant's limits; with options, change only those. Token caps are per UTC day.",
+        parents=[common],
+    )
+    limits.add_argument("tenant")
+    for field, kind in LIMIT_KINDS.items():
+        limits.add_argument(f"--{field.replace('_', '-')}", dest=field, metavar=METAVARS[kind], help=LIMIT_HELP[kind])
+    usage = tenants.add_parser(
+        "usage",
+        help="show a tenant's daily usage",
+        description="Show a tenant's messages, input and output tokens per UTC day, oldest first, today last.",
+        parents=[common],
+    )
+    usage.add_argument("tenant")
+    usage.add_argument("--days", default="7", help=f"how many days back, today included: 1 to {USAGE_RETENTION.days}")
 
     keys = groups.add_parser("keys", help="manage domain keys").add_subparsers(dest="action", required=True)
     key_create = keys.add_parser("create", help="issue a domain key", parents=[common])
@@ -73,6 +111,32 @@ async def tenants_create(repo: TenantRepository, args: argparse.Namespace) -> Te
         raise ServiceError(f"Tenant {args.id!r} already exists: `tenants show {args.id}` prints it.")
     await repo.save(tenant)
     return tenant
+
+
+async def tenants_limits(repo: TenantRepository, args: argparse.Namespace) -> Limits:
+    tenant = await repo.get(args.tenant)
+    changes = {field: getattr(args, field) for field in LIMIT_KINDS if getattr(args, field) is not None}
+    if not changes:
+        return tenant.limits
+    values = {field: _limit_value(field, raw) for field, raw in changes.items()}
+    try:
+        limits = Limits.model_validate({**tenant.limits.model_dump(), **values})
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+        problems = ", ".join(_problem(e) for e in exc.errors() if e["loc"][0] == field)
+        raise ServiceError(f"{_option(field)} {changes[field]}: {problems} ({_expected(field)}).") from None
+    # The repository saves whole records, so an edit to this tenant saved since the get above is lost;
+    # limits are changed rarely and by hand, so that race is accepted rather than locked against.
+    await repo.save(tenant.model_copy(update={"limits": limits}))
+    return limits
+
+
+async def tenants_usage(repo: TenantRepository, args: argparse.Namespace) -> list[DailyUsage]:
+    most = USAGE_RETENTION.days
+    if not re.fullmatch(r"\d+", args.days) or not 1 <= int(args.days) <= most:
+        raise ServiceError(f"--days {args.days}: expected a whole number from 1 to {most}; usage is kept {most} days.")
+    await repo.get(args.tenant)
+    return await TokenBudget(repo.redis).usage(args.tenant, int(args.days))
 
 
 async def keys_add_origin(repo: TenantRepository, args: argparse.Namespace) -> DomainKey:
@@ -115,6 +179,44 @@ async def _keys_revoke(repo: TenantRepository, args: argparse.Namespace) -> Doma
     return await repo.revoke_key(args.key)
 
 
+def _limit_value(field: str, raw: str) -> object:
+    """Turn one option's text into what `Limits` validates, or say what the option expects."""
+    kind = LIMIT_KINDS[field]
+    if kind == "rate" and (match := RATE.match(raw)):
+        return dict(zip(RATE_PARTS, map(int, match.groups()), strict=True))
+    if kind == "tokens" and raw.lower() == "none":
+        return None
+    if kind != "rate" and re.fullmatch(r"\d+", raw):
+        return int(raw)
+    raise ServiceError(f"{_option(field)} {raw}: {_expected(field)}.")
+
+
+def _option(field: str) -> str:
+    return f"--{field.replace('_', '-')}"
+
+
+def _expected(field: str) -> str:
+    default = Limits.model_fields[field].default
+    if isinstance(default, RateSetting):
+        example = f"{default.count}/{default.per_seconds}/{default.burst}"
+        return f"expected N/SECONDS/BURST, N per SECONDS with bursts of up to BURST, like {example}"
+    if LIMIT_KINDS[field] == "tokens":
+        return f"expected a number of tokens per UTC day, like {default}, or none for no cap"
+    return f"expected a whole number, like {default}"
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """Say what is wrong with one part of a value, in the terms of the option's format."""
+    bounds = error.get("ctx", {})
+    problem = str(error["msg"])
+    if "ge" in bounds:
+        problem = f"must be at least {bounds['ge']}"
+    elif "le" in bounds:
+        problem = f"must be at most {bounds['le']}"
+    part = RATE_PARTS.get(str(error["loc"][-1]))
+    return f"{part} {problem}" if part else problem
+
+
 async def _exists(repo: TenantRepository, tenant_id: str) -> bool:
     try:
         await repo.get(tenant_id)
@@ -135,6 +237,8 @@ COMMANDS: dict[tuple[str, str], Command] = {
     ("tenants", "create"): tenants_create,
     ("tenants", "list"): _tenants_list,
     ("tenants", "show"): _tenants_show,
+    ("tenants", "limits"): tenants_limits,
+    ("tenants", "usage"): tenants_usage,
     ("keys", "create"): _keys_create,
     ("keys", "list"): _keys_list,
     ("keys", "revoke"): _keys_revoke,
@@ -195,17 +299,50 @@ def _message(exc: Exception) -> str:
 
 
 def _print(result: BaseModel | list[Any], *, as_json: bool) -> None:
-    items = result if isinstance(result, list) else [result]
     if as_json:
-        data = [item.model_dump(mode="json") for item in items]
-        print(json.dumps(data if isinstance(result, list) else data[0], indent=2))
+        print(json.dumps(_plain(result), indent=2))
         return
+    for line in _lines(result):
+        print(line)
+
+
+def _plain(result: object) -> Any:
+    if isinstance(result, list):
+        return [_plain(item) for item in result]
+    if isinstance(result, DailyUsage):
+        return dataclasses.asdict(result)
+    assert isinstance(result, BaseModel)
+    return result.model_dump(mode="json")
+
+
+def _lines(result: BaseModel | list[Any]) -> Iterator[str]:
+    if isinstance(result, Limits):
+        yield from _limit_lines(result)
+        return
+    items = result if isinstance(result, list) else [result]
+    if items and isinstance(items[0], DailyUsage):
+        yield "day         messages  input_tokens  output_tokens"
     for item in items:
-        if isinstance(item, DomainKey):
+        if isinstance(item, DailyUsage):
+            yield f"{item.day}  {item.messages:>8}  {item.input_tokens:>12}  {item.output_tokens:>13}"
+        elif isinstance(item, DomainKey):
             state = "active" if item.active else "revoked"
-            print(f"{item.id}\t{item.tenant_id}\t{state}\t{' '.join(item.origins) or '-'}")
+            yield f"{item.id}\t{item.tenant_id}\t{state}\t{' '.join(item.origins) or '-'}"
         elif isinstance(item, Tenant):
-            print(f"{item.id}\t{item.name}\t{item.ai.provider}:{item.ai.model}")
+            yield f"{item.id}\t{item.name}\t{item.ai.provider}:{item.ai.model}"
+
+
+def _limit_lines(limits: Limits) -> Iterator[str]:
+    width = max(map(len, LIMIT_KINDS))
+    for field in LIMIT_KINDS:
+        value = getattr(limits, field)
+        if isinstance(value, RateSetting):
+            text = f"{value.count} per {value.per_seconds} s, burst {value.burst}"
+        elif LIMIT_KINDS[field] == "tokens":
+            text = "no cap" if value is None else f"{value} tokens per UTC day"
+        else:
+            text = f"{value} at a time per visitor"
+        yield f"{field:<{width}}  {text}"
 
 
 def serve(settings: Settings, host: str) -> int:

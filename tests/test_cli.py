@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.cli import main
-from service.tenants import Tenant, TenantRepository
+from service.budget import TokenBudget
+from service.cli import LIMIT_KINDS, main
+from service.tenants import Limits, RateSetting, Tenant, TenantRepository
 from tests.conftest import REDIS_URL
-from tests.harness import SHOP, perch, start_session
+from tests.fake_upstream import FakeUpstream, Scenario
+from tests.harness import SHOP, add_tenant, openai_settings, perch, start_session, start_turn
 
 # Without REDIS_URL the suite runs on fakeredis, which a CLI in another process can't reach; use
 # this spare database of a local server instead (it is flushed), or skip.
@@ -185,6 +188,47 @@ async def test_json_output_is_the_whole_stored_record(shared: Shared, capsys: py
         pytest.param(("keys", "revoke", "dk_missing"), "No domain key 'dk_missing'", id="revoke-unknown-key"),
         pytest.param(("keys", "add-origin", "dk_missing", BLOG), "No domain key 'dk_missing'", id="add-unknown-key"),
         pytest.param(("keys", "revoke", "not-a-key"), "No domain key 'not-a-key'", id="malformed-key"),
+        pytest.param(("tenants", "limits", "nope"), "No tenant 'nope'", id="limits-unknown-tenant"),
+        pytest.param(
+            ("tenants", "limits", "acme", "--visitor-messages", "6/60"),
+            "--visitor-messages 6/60: expected N/SECONDS/BURST, N per SECONDS with bursts of up to BURST, like 6/60/4",
+            id="rate-two-parts",
+        ),
+        pytest.param(
+            ("tenants", "limits", "acme", "--tenant-messages", "ten/60/5"), "expected N/SECONDS/BURST", id="rate-word"
+        ),
+        pytest.param(
+            ("tenants", "limits", "acme", "--sessions-per-ip", "0/86401/1"),
+            "0/86401/1: N must be at least 1, SECONDS must be at most 86400 (expected N/SECONDS/BURST",
+            id="rate-out-of-range",
+        ),
+        pytest.param(
+            ("tenants", "limits", "acme", "--concurrent-streams", "2", "--visitor-requests", "1/60/0"),
+            "--visitor-requests 1/60/0: BURST must be at least 1",
+            id="one-good-one-bad",
+        ),
+        pytest.param(
+            ("tenants", "limits", "acme", "--concurrent-streams", "21"),
+            "--concurrent-streams 21: must be at most 20 (expected a whole number, like 2)",
+            id="streams-too-many",
+        ),
+        pytest.param(
+            ("tenants", "limits", "acme", "--concurrent-streams", "none"), "expected a whole number", id="streams-none"
+        ),
+        pytest.param(
+            ("tenants", "limits", "acme", "--tenant-daily-tokens", "999"),
+            "--tenant-daily-tokens 999: must be at least 1000 (expected a number of tokens per UTC day",
+            id="tokens-too-few",
+        ),
+        pytest.param(
+            ("tenants", "limits", "acme", "--visitor-daily-tokens", "-5"), "or none for no cap", id="tokens-negative"
+        ),
+        pytest.param(("tenants", "usage", "nope"), "No tenant 'nope'", id="usage-unknown-tenant"),
+        pytest.param(
+            ("tenants", "usage", "acme", "--days", "0"), "--days 0: expected a whole number from 1 to 90", id="days-0"
+        ),
+        pytest.param(("tenants", "usage", "acme", "--days", "91"), "from 1 to 90", id="days-91"),
+        pytest.param(("tenants", "usage", "acme", "--days", "week"), "from 1 to 90", id="days-word"),
     ],
 )
 async def test_bad_input_fails_with_one_line_and_changes_nothing(
@@ -256,6 +300,106 @@ async def test_the_service_honours_what_the_cli_changed(shared: Shared, capsys: 
         revoked = await client.post(f"/v1/widget/{key}/session", headers={"Origin": SHOP})
         assert revoked.status_code == 403
         assert "revoked" in revoked.json()["error"]["message"]
+
+
+DEFAULT_LIMITS = [
+    "sessions_per_ip       30 per 3600 s, burst 10",
+    "visitor_messages      6 per 60 s, burst 4",
+    "visitor_requests      120 per 60 s, burst 60",
+    "tenant_messages       600 per 60 s, burst 100",
+    "concurrent_streams    2 at a time per visitor",
+    "tenant_daily_tokens   2000000 tokens per UTC day",
+    "visitor_daily_tokens  100000 tokens per UTC day",
+]
+
+
+async def test_tenant_limits_show_and_change_only_what_is_named(
+    shared: Shared, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = TenantRepository(shared.redis)
+    tenant, key = await add_tenant(shared.redis, provider="openai", model="gpt-fake")
+
+    shown = await cli(capsys, shared.env, "tenants", "limits", "acme")
+    assert shown.code == 0, shown.err
+    assert shown.out.splitlines() == DEFAULT_LIMITS
+
+    changed = await cli(
+        capsys,
+        shared.env,
+        *("tenants", "limits", "acme", "--json", "--visitor-messages", "10/60/5"),
+        *("--tenant-daily-tokens", "none", "--concurrent-streams", "3"),
+    )
+    assert changed.code == 0, changed.err
+    expected = Limits(
+        visitor_messages=RateSetting(count=10, per_seconds=60, burst=5), concurrent_streams=3, tenant_daily_tokens=None
+    )
+    assert changed.json() == expected.model_dump(mode="json")
+    assert await repo.get("acme") == tenant.model_copy(update={"limits": expected})
+    assert [k.id for k in await repo.keys_of("acme")] == [key]
+
+    again = await cli(capsys, shared.env, "tenants", "limits", "acme", "--visitor-daily-tokens", "5000")
+    assert again.code == 0, again.err
+    assert again.out.splitlines() == [
+        DEFAULT_LIMITS[0],
+        "visitor_messages      10 per 60 s, burst 5",
+        *DEFAULT_LIMITS[2:4],
+        "concurrent_streams    3 at a time per visitor",
+        "tenant_daily_tokens   no cap",
+        "visitor_daily_tokens  5000 tokens per UTC day",
+    ]
+
+
+async def test_every_limit_has_an_option() -> None:
+    # A limit added to the model but not to the CLI could be neither shown nor changed from a shell.
+    assert list(LIMIT_KINDS) == list(Limits.model_fields)
+
+
+async def test_a_limit_set_by_the_cli_is_what_the_service_enforces(
+    shared: Shared, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (await cli(capsys, shared.env, "tenants", "create", "acme", "--name", "Acme")).code == 0
+    key = (await cli(capsys, shared.env, "--json", "keys", "create", "acme", "--origin", SHOP)).json()["id"]
+    set_limit = await cli(capsys, shared.env, "tenants", "limits", "acme", "--sessions-per-ip", "1/3600/1")
+    assert set_limit.code == 0, set_limit.err
+
+    # The default would allow a burst of ten sessions from one address.
+    async with perch(shared.redis) as client:
+        assert (await start_session(client, key))["token"]
+        second = await client.post(f"/v1/widget/{key}/session", headers={"Origin": SHOP})
+    assert second.status_code == 429
+    assert "Too many new chats" in second.json()["error"]["message"]
+
+
+async def test_tenant_usage_is_what_chat_turns_recorded_per_day(
+    shared: Shared, capsys: pytest.CaptureFixture[str], upstream: tuple[FakeUpstream, str]
+) -> None:
+    fake, base_url = upstream
+    fake.scenario = Scenario(reply="Counted.", prompt_tokens=321, completion_tokens=54)
+    _, key = await add_tenant(shared.redis, provider="openai", model="gpt-fake")
+    now = datetime.now(UTC)
+    earlier = TokenBudget(shared.redis, clock=lambda: now - timedelta(days=2))
+    reservation = await earlier.reserve("acme", "v_earlier", 500, None, None)
+    assert reservation is not None
+    await earlier.settle(reservation, 40, 7)
+    async with perch(shared.redis, openai_settings(base_url)) as client:
+        await start_turn(client, key)
+    days = [(now - timedelta(days=back)).date().isoformat() for back in (2, 1, 0)]
+
+    recent = await cli(capsys, shared.env, "tenants", "usage", "acme", "--days", "3", "--json")
+    assert recent.code == 0, recent.err
+    assert recent.json() == [
+        {"day": days[0], "messages": 1, "input_tokens": 40, "output_tokens": 7},
+        {"day": days[1], "messages": 0, "input_tokens": 0, "output_tokens": 0},
+        {"day": days[2], "messages": 1, "input_tokens": 321, "output_tokens": 54},
+    ]
+
+    week = await cli(capsys, shared.env, "tenants", "usage", "acme")
+    assert week.code == 0, week.err
+    lines = week.out.splitlines()
+    assert lines[0].split() == ["day", "messages", "input_tokens", "output_tokens"]
+    assert len(lines) == 1 + 7
+    assert lines[-3].split() == [days[0], "1", "40", "7"]
+    assert lines[-1].split() == [days[2], "1", "321", "54"]
 
 
 async def test_python_dash_m_service_runs_the_cli(shared: Shared) -> None:
