@@ -164,8 +164,10 @@ class ChatServer(ChatKitServer[RequestContext]):
         finally:
             # Also on a disconnect: the turn settles what was spent when the stream closes.
             self.turn.record(result.context_wrapper.usage, reply.streamed)
+            if not result.is_complete:
+                # Cut short (deadline, disconnect, shutdown): stop the run reading from the model.
+                result.cancel()
         if failure is not None:
-            result.cancel()
             if (partial := reply.partial()) is not None:
                 yield ThreadItemDoneEvent(item=partial)
             raise CustomStreamError(failure, allow_retry=True)

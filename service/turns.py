@@ -123,14 +123,15 @@ class Turn:
         self._slot = await self.guards.slots.acquire(self._slot_key, limits.concurrent_streams)
         if self._slot is None:
             raise TurnRefused(STREAMS_BUSY)
-        decision = await self.guards.limiter.acquire(
-            Limit(
-                keys.visitor_message_rate(self.tenant.id, self.context.visitor_id),
-                limits.visitor_messages.rate(),
-                "visitor_messages",
-            ),
-            Limit(keys.tenant_message_rate(self.tenant.id), limits.tenant_messages.rate(), "tenant_messages"),
-        )
+        visitor_key = keys.visitor_message_rate(self.tenant.id, self.context.visitor_id)
+        try:
+            decision = await self.guards.limiter.acquire(
+                Limit(visitor_key, limits.visitor_messages.rate(), "visitor_messages"),
+                Limit(keys.tenant_message_rate(self.tenant.id), limits.tenant_messages.rate(), "tenant_messages"),
+            )
+        except BaseException:
+            await self.close()  # Redis failed or the request was cancelled: give the slot back now
+            raise
         if not decision.allowed:
             await self.close()
             message = REFUSALS[decision.limit or "visitor_messages"]
