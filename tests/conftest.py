@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import fakeredis
 import pytest
@@ -13,11 +14,11 @@ from tests.live import serve
 REDIS_URL = os.environ.get("REDIS_URL")
 
 
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    """A clean Redis: the real server at REDIS_URL (its database is flushed), else fakeredis."""
-    if REDIS_URL:
-        client: Redis = Redis.from_url(REDIS_URL, decode_responses=True)
+@asynccontextmanager
+async def clean_redis(url: str | None) -> AsyncIterator[Redis]:
+    """A client on an empty database: the real server at `url` (flushed first), else a new fakeredis."""
+    if url:
+        client: Redis = Redis.from_url(url, decode_responses=True)
         await client.flushdb()
     else:
         client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
@@ -25,22 +26,22 @@ async def redis() -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """A clean Redis: the real server at REDIS_URL (its database is flushed), else fakeredis."""
+    async with clean_redis(REDIS_URL) as client:
+        yield client
 
 
 @pytest.fixture(params=[pytest.param("fakeredis", id="fakeredis"), pytest.param("redis", id="redis")])
 async def any_redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
     """A clean Redis of each kind in turn, so a contract holds on fakeredis and on a real server alike."""
-    if request.param == "redis":
-        if not REDIS_URL:
-            pytest.skip("REDIS_URL is not set: the real-Redis run of the store contract needs it")
-        client: Redis = Redis.from_url(REDIS_URL, decode_responses=True)
-        await client.flushdb()
-    else:
-        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    try:
+    if request.param == "redis" and not REDIS_URL:
+        pytest.skip("REDIS_URL is not set: the real-Redis run of the store contract needs it")
+    async with clean_redis(REDIS_URL if request.param == "redis" else None) as client:
         yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
