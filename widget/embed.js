@@ -14,6 +14,7 @@
   var CHATKIT_TIMEOUT_MS = 5000;
   var TOKEN_TIMEOUT_MS = 10000;
   var MAX_CONTEXT_BYTES = 2048;
+  var CONTEXT_REQUESTS = /^threads\.(create|add_user_message)$/;
 
   /**
    * @typedef {{title: string, greeting: string, prompts: {label: string, prompt: string}[], placeholder: string,
@@ -69,7 +70,7 @@
   /** @param {unknown} value */
   function setContext(value) {
     var json = JSON.stringify(value === undefined ? null : value);
-    context = json.length <= MAX_CONTEXT_BYTES ? JSON.parse(json) : null;
+    context = /^\{/.test(json) && new Blob([json]).size <= MAX_CONTEXT_BYTES ? JSON.parse(json) : null;
   }
 
   window.addEventListener("message", function (event) {
@@ -132,16 +133,21 @@
     });
   }
 
-  /** Put the page context in a JSON request body's metadata. @param {unknown} body */
+  /**
+   * Put the page context in the metadata of a request that starts a turn, where the server reads it.
+   * ChatKit has no option for request metadata, so both renderers get it here.
+   * @param {unknown} body
+   */
   function withContext(body) {
     if (context === null || typeof body !== "string") return body;
     try {
       var request = JSON.parse(body);
-      request.metadata = Object.assign({}, request.metadata, { perch_context: context });
-      return JSON.stringify(request);
     } catch (e) {
       return body;
     }
+    if (!request || !CONTEXT_REQUESTS.test(request.type)) return body;
+    request.metadata = Object.assign({}, request.metadata, { perch_context: context });
+    return JSON.stringify(request);
   }
 
   /**
@@ -359,6 +365,7 @@
   function mountChatKit(thread) {
     var element = /** @type {any} */ (document.createElement("openai-chatkit"));
     var isReady = false;
+    var failed = false;
     element.addEventListener("chatkit.ready", function () {
       isReady = true;
     });
@@ -366,7 +373,8 @@
       var error = event.detail && event.detail.error;
       hostEvent("error", { code: "chatkit", message: (error && error.message) || null });
       // ChatKit that cannot start (say, an unregistered domain) gives way to the lite renderer.
-      if (!isReady && branding.renderer === "auto") {
+      if (!isReady && !failed && branding.renderer === "auto") {
+        failed = true;
         element.remove();
         mountLite(thread);
       }
@@ -376,6 +384,7 @@
     });
     root.replaceChildren(element);
     element.setOptions(chatkitOptions(thread));
+    if (failed) return;
     renderer = {
       send: function (text) {
         element.sendUserMessage({ text: text });

@@ -1,23 +1,21 @@
 // @ts-check
-/**
- * Perch loader: draws a launcher in a closed shadow root and, on first open, frames /embed/{key}.
- * Polite: no global but Perch, no cookies, no viewport meta, nothing stored before interaction
- * with data-consent="required"; a second copy does nothing.
- */
+/** Perch's loader: one global, a launcher in a closed shadow root, the chat framed on first open. */
 (function (w, d) {
   var stub = /** @type {any} */ (w).Perch;
   if (stub && stub.loaded) return;
-  var tag = /** @type {HTMLScriptElement | null} */ (
-    d.currentScript || d.querySelector('script[data-key][src*="widget.js"]')
-  );
-  if (!tag || !tag.dataset.key) return;
+  var tag = /** @type {HTMLScriptElement | null} */ (d.currentScript);
+  if (!tag || !tag.dataset.key) return warn('the script tag needs data-key="dk_…".');
   var data = tag.dataset;
   var key = data.key;
   var base = new URL(tag.src).origin;
   var right = data.position != "bottom-left";
+  var z = data.zIndex || "2147483000";
+  if (!/^bottom-(left|right)$/.test(data.position || "bottom-right")) warn("data-position: bottom-right or bottom-left?");
+  if (!/^\d{1,10}$/.test(z)) warn("data-z-index: a whole number?");
   var consent = data.consent == "required";
   var store = "perch:" + key;
   var MSG = "perch";
+  var EVENTS = "ready open close message error shutdown";
   var SVG = '<svg viewBox="0 0 24 24" width="26" height="26" aria-hidden="true" fill="none" stroke="currentColor" stroke-width="2">';
   var CHAT = SVG + '<path d="M21 15a2 2 0 0 1-2 2H7l-4 4V5a2 2 0 0 1 2-2h14a2 2 0 0 1 2 2z"/></svg>';
   var CLOSE = SVG + '<path d="M6 9l6 6 6-6"/></svg>';
@@ -29,20 +27,14 @@
   /** @type {any} */
   var config, renewing, context, host, launcher, panel, frame;
   /** @type {any[]} */
-  var outbox = [];
-  /** @type {Function[]} */
-  var later = [];
+  var outbox = [],
+    later = [];
   var isOpen, ready, frameReady, dead;
 
   /** @param {string} name @param {unknown} [detail] */
   function emit(name, detail) {
-    (handlers[name] || []).forEach((fn) => {
-      try {
-        fn(detail);
-      } catch (e) {
-        console.error(e);
-      }
-    });
+    // A handler that throws can't stop the others.
+    (handlers[name] || []).forEach((fn) => setTimeout(fn, 0, detail));
   }
 
   /** @param {string} text */
@@ -63,29 +55,25 @@
       if (session) localStorage.setItem(store, JSON.stringify(session));
       else localStorage.removeItem(store);
     } catch (e) {
-      // Storage may be blocked: the session then lasts as long as the page.
+      // Blocked storage: the session lasts as long as the page.
     }
   }
 
   /** @param {string} path @param {RequestInit} [init] */
   function api(path, init) {
-    return fetch(base + "/v1/widget/" + key + path, Object.assign({ credentials: "omit" }, init)).then((r) => {
-      return r.json().then((body) => {
+    return fetch(base + "/v1/widget/" + key + path, Object.assign({ credentials: "omit" }, init)).then((r) =>
+      r.json().then((body) => {
         if (!r.ok) throw body.error;
         return body;
-      });
-    });
+      })
+    );
   }
 
-  /** Get a fresh session token, handing in the previous one so the visitor keeps their history. */
+  /** Get a fresh token, handing in the old one to keep the visitor (a text/plain body needs no preflight). */
   function renew() {
     if (renewing) return renewing;
     var previous = session || read();
-    renewing = api("/session", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ token: previous ? previous.token : null }),
-    }).then(
+    renewing = api("/session", { method: "POST", body: JSON.stringify({ token: previous ? previous.token : null }) }).then(
       (body) => {
         renewing = null;
         session = { token: body.token, expires_at: body.expires_at, thread: previous ? previous.thread : null };
@@ -135,9 +123,7 @@
     var p = m.payload || {};
     if (m.type == "ready") {
       frameReady = true;
-      outbox.splice(0).forEach((x) => {
-        post(x[0], x[1]);
-      });
+      outbox.splice(0).forEach((x) => post(x[0], x[1]));
     } else if (m.type == "token_request") {
       renew().then((s) => {
         post("token", { token: s.token, expires_at: s.expires_at });
@@ -157,7 +143,7 @@
     if (e.key == "Escape" && isOpen) close(true);
   }
 
-  /** Dark text on light accents, white otherwise. @param {string} hex */
+  /** Dark text on light accents. @param {string} hex */
   function ink(hex) {
     var n = parseInt(hex.slice(1), 16);
     return 0.299 * (n >> 16) + 0.587 * ((n >> 8) & 255) + 0.114 * (n & 255) > 170 ? "#111" : "#fff";
@@ -166,9 +152,8 @@
   function draw() {
     var b = config.branding;
     var side = right ? "right" : "left";
-    var z = parseInt(data.zIndex || "", 10) || 2147483000;
     host = d.createElement("perch-widget");
-    host.setAttribute("style", "all:initial;position:fixed;z-index:" + z);
+    host.setAttribute("style", "all:initial;position:fixed;z-index:" + (parseInt(z, 10) || 2147483000));
     var root = host.attachShadow({ mode: "closed" });
     var style = d.createElement("style");
     style.textContent =
@@ -180,7 +165,7 @@
       ".p{position:fixed;bottom:88px;" + side + ":20px;width:400px;height:min(680px,calc(100vh - 108px));max-width:calc(100vw - 40px);" +
       "border-radius:" + ({ pill: 24, soft: 10, sharp: 0 }[b.theme.radius] ?? 16) + "px;overflow:hidden;box-shadow:0 8px 40px rgba(0,0,0,.22);" +
       "background:" + (b.theme.color_scheme == "dark" ? "#18181b" : "#fff") + ";opacity:0;transform:translateY(12px);" +
-      "transition:opacity .18s,transform .18s;visibility:hidden}" +
+      "transition:.18s;visibility:hidden}" +
       ".p.o{opacity:1;transform:none;visibility:visible}" +
       "iframe{border:0;width:100%;height:100%;display:block;color-scheme:normal}" +
       "@media (max-width:640px){.p{inset:0;width:100%;height:100%;max-width:none;border-radius:0}.p.o+.l{display:none}}" +
@@ -192,7 +177,6 @@
     panel.id = "perch-chat";
     launcher = d.createElement("button");
     launcher.className = "l";
-    launcher.type = "button";
     launcher.innerHTML = CHAT;
     launcher.setAttribute("aria-label", "Chat with " + b.title);
     launcher.setAttribute("aria-expanded", "false");
@@ -209,7 +193,7 @@
       frame = d.createElement("iframe");
       frame.title = config.branding.title;
       frame.allow = "clipboard-write";
-      // Keep the frame's own origin (its API calls need it) but never let it navigate the page.
+      // Keep its origin (for API calls), but it may not navigate the page.
       frame.setAttribute("sandbox", "allow-scripts allow-same-origin allow-forms allow-popups allow-popups-to-escape-sandbox");
       frame.addEventListener("load", init);
       frame.src = base + config.embed_url;
@@ -260,39 +244,41 @@
       open();
       send("send", { text: text });
     },
-    /** @param {unknown} value */
+    /** @param {unknown} value a JSON object of at most 2 KB, or null to forget it */
     setContext: (value) => {
-      var json = JSON.stringify(value);
-      if (!value || typeof value != "object" || json.length > 2048) return warn("setContext needs an object under 2 KB.");
+      var json = "";
+      try {
+        json = JSON.stringify(value);
+      } catch (e) {}
+      if (value !== null && !(/^\{/.test(json) && new Blob([json]).size <= 2048)) {
+        return warn("setContext needs a JSON object of at most 2 KB, or null.");
+      }
       context = JSON.parse(json);
       send("context", { context: context });
     },
     shutdown: shutdown,
   };
 
-  /** Perch("open"), Perch("sendMessage", "Hi"), Perch("on", "message", fn)… @param {string} name @param {...any} args */
+  /** Perch("open"), Perch("on", "close", fn)… @param {string} name @param {...any} args */
   function Perch(name, args) {
     var rest = [].slice.call(arguments, 1);
     if (dead) return;
     if (name == "on") {
-      if (typeof rest[1] != "function") return warn("on needs a function.");
+      if (EVENTS.split(" ").indexOf(rest[0]) < 0 || typeof rest[1] != "function") {
+        return warn("on needs a function and one of: " + EVENTS);
+      }
       (handlers[rest[0]] = handlers[rest[0]] || []).push(rest[1]);
       if (rest[0] == "ready" && ready) rest[1]();
       return;
     }
-    var command = commands[name];
-    if (!command) return warn("unknown command " + name + ".");
+    var command = commands.hasOwnProperty(name) && commands[name];
+    if (!command) return warn("unknown command " + name);
     if (ready || name == "setContext" || name == "shutdown") command.apply(null, rest);
-    else
-      later.push(() => {
-        command.apply(null, rest);
-      });
+    else later.push(() => command.apply(null, rest));
   }
   Perch.loaded = 1;
   /** @type {any} */ (w).Perch = Perch;
-  ((stub && stub.q) || []).forEach((/** @type {any} */ call) => {
-    Perch.apply(null, call);
-  });
+  ((stub && stub.q) || []).forEach((/** @type {any} */ call) => Perch.apply(null, call));
 
   w.addEventListener("message", onMessage);
   d.addEventListener("keydown", onKey);
@@ -305,12 +291,10 @@
       ready = true;
       emit("ready");
       if (data.open == "true") open();
-      later.splice(0).forEach((fn) => {
-        fn();
-      });
+      later.splice(0).forEach((fn) => fn());
     })
     .catch((e) => {
-      // A site not on the key's list gets no CORS grant: the browser reports only a network error.
+      // An off-list site gets no CORS grant, so the error has no detail.
       warn((e && e.code && e.message) || "no chat: is this site allowed to use " + key + "?");
       emit("error", e);
     });
