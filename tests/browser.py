@@ -64,7 +64,14 @@ class Recorder:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        entry: dict[str, Any] = {"method": scope["method"], "path": scope["path"], "headers": headers, "body": b""}
+        query = scope["query_string"].decode("latin-1")
+        entry: dict[str, Any] = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": query,
+            "headers": headers,
+            "body": b"",
+        }
         self.requests.append(entry)
 
         async def recording_receive() -> Any:
@@ -85,6 +92,11 @@ class Recorder:
     def chatkit_bodies(self) -> list[dict[str, Any]]:
         return [json.loads(r["body"]) for r in self.requests if r["path"].endswith("/chatkit") and r["body"]]
 
+    def chatkit_tokens(self) -> list[str]:
+        """The bearer token of each chat request, in order."""
+        chats = [r for r in self.requests if r["path"].endswith("/chatkit") and r["method"] == "POST"]
+        return [r["headers"].get("authorization", "").removeprefix("Bearer ") for r in chats]
+
 
 @dataclass
 class CustomerSite:
@@ -93,12 +105,14 @@ class CustomerSite:
     pages: dict[str, str] = field(default_factory=dict)
     files: dict[str, tuple[str, str]] = field(default_factory=dict)
     canary_hits: list[str] = field(default_factory=list)
+    served: list[str] = field(default_factory=list)
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/canary/{rest:path}", self._canary), Route("/{path:path}", self._page)])
 
     async def _page(self, request: Request) -> Response:
         path = "/" + request.path_params["path"]
+        self.served.append(path)
         if path in self.files:
             body, media_type = self.files[path]
             return Response(body, media_type=media_type)
@@ -156,7 +170,11 @@ async def wait_until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], 
 
 
 async def shadow_node(page: Page, attribute: str) -> dict[str, Any] | None:
-    """Find an element with `attribute` anywhere, closed shadow roots included (CDP pierces them; scripts can't)."""
+    """Find an element with `attribute` anywhere, closed shadow roots included (CDP pierces them; scripts can't).
+
+    The result carries its attributes (`attrs`), the centre of its box (`center`) and its computed
+    style (`style`, property name to value).
+    """
     cdp = await page.context.new_cdp_session(page)
     try:
         document = await cdp.send("DOM.getDocument", {"depth": -1, "pierce": True})
@@ -168,6 +186,10 @@ async def shadow_node(page: Page, attribute: str) -> dict[str, Any] | None:
         box = await cdp.send("DOM.getBoxModel", {"backendNodeId": found["backendNodeId"]})
         quad = box["model"]["border"]
         found["center"] = (sum(quad[0::2]) / 4, sum(quad[1::2]) / 4)
+        await cdp.send("DOM.enable")
+        await cdp.send("CSS.enable")
+        computed = await cdp.send("CSS.getComputedStyleForNode", {"nodeId": found["nodeId"]})
+        found["style"] = {p["name"]: p["value"] for p in computed["computedStyle"]}
         return found
     finally:
         await cdp.detach()
@@ -183,8 +205,8 @@ def _find(node: dict[str, Any], attribute: str) -> dict[str, Any] | None:
     return None
 
 
-async def launcher(page: Page) -> dict[str, str]:
-    """Return the launcher button's attributes, waiting for it to be drawn."""
+async def launcher_node(page: Page) -> dict[str, Any]:
+    """Return the launcher button as `shadow_node` finds it, waiting for it to be drawn."""
     found: dict[str, Any] | None = None
 
     async def drawn() -> bool:
@@ -194,15 +216,17 @@ async def launcher(page: Page) -> dict[str, str]:
 
     await wait_until(drawn)
     assert found is not None
-    attrs: dict[str, str] = found["attrs"]
+    return found
+
+
+async def launcher(page: Page) -> dict[str, str]:
+    """Return the launcher button's attributes, waiting for it to be drawn."""
+    attrs: dict[str, str] = (await launcher_node(page))["attrs"]
     return attrs
 
 
 async def click_launcher(page: Page) -> None:
-    await launcher(page)
-    found = await shadow_node(page, "aria-expanded")
-    assert found is not None
-    x, y = found["center"]
+    x, y = (await launcher_node(page))["center"]
     await page.mouse.click(x, y)
 
 
@@ -227,6 +251,13 @@ async def embed_frame(page: Page) -> Frame:
 
 async def lite_ready(frame: Frame) -> None:
     await frame.wait_for_selector(".pl .pl-input", timeout=TIMEOUT_MS)
+
+
+def console_warnings(page: Page) -> list[str]:
+    """Collect what the widget says on the page's console from now on."""
+    said: list[str] = []
+    page.on("console", lambda message: said.append(message.text) if message.text.startswith("Perch:") else None)
+    return said
 
 
 async def host_events(page: Page, name: str) -> list[Any]:

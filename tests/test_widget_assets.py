@@ -139,3 +139,10 @@ def embedded_config(page: str) -> dict[str, Any]:
     assert match is not None
     config: dict[str, Any] = json.loads(match.group(1))
     return config
+
+
+@pytest.mark.parametrize("name", ["launcher.png", "chat-light.png", "chat-dark.png", "mobile.png"])
+def test_readme_shows_the_screenshots_the_browser_tests_write(name: str) -> None:
+    root = WIDGET.parent
+    assert f"(docs/screenshots/{name})" in (root / "README.md").read_text(encoding="utf-8")
+    assert (root / "docs" / "screenshots" / name).read_bytes().startswith(b"\x89PNG")

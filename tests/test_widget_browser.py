@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from service.app import create_app
+from service.demo import DEMO_KEY
 from service.settings import Settings
 from service.tenants import AISettings, Branding, Prompt, Tenant, TenantRepository, Theme
 from tests.browser import (
@@ -21,11 +22,13 @@ from tests.browser import (
     Recorder,
     chromium,
     click_launcher,
+    console_warnings,
     customer_page,
     embed_frame,
     expanded,
     host_events,
     launcher,
+    launcher_node,
     lite_ready,
     screenshot,
     wait_until,
@@ -87,6 +90,7 @@ async def stack(
             chatkit_js_url=chatkit_url,
             openai_api_key="test" if upstream else None,
             openai_base_url=f"{upstream}/v1" if upstream else None,
+            llm_max_retries=0,
         )
         recorder = Recorder(create_app(settings, redis=redis))
         async with serve(recorder) as service:
@@ -98,19 +102,24 @@ def page_for(s: Stack, path: str = "/", head: str = "", **data: str) -> str:
     return s.customer + path
 
 
+async def replies(frame: Any, count: int) -> str:
+    """Wait until the lite renderer shows `count` finished replies and is idle; return the last one."""
+    await frame.wait_for_function(
+        "n => document.querySelectorAll('.pl-assistant[data-id]').length >= n"
+        " && !document.querySelector('.pl-streaming') && !document.querySelector('.pl-busy')",
+        arg=count,
+        timeout=TIMEOUT_MS,
+    )
+    reply: str = await frame.locator(".pl-assistant[data-id]").last.inner_text()
+    return reply
+
+
 async def send_and_wait_reply(frame: Any, text: str) -> str:
     """Type a message in the lite composer and wait for the streamed reply to finish."""
     before = await frame.locator(".pl-assistant[data-id]").count()
     await frame.fill(".pl-input", text)
     await frame.press(".pl-input", "Enter")
-    await frame.wait_for_function(
-        "n => document.querySelectorAll('.pl-assistant[data-id]').length > n"
-        " && !document.querySelector('.pl-streaming') && !document.querySelector('.pl-busy')",
-        arg=before,
-        timeout=TIMEOUT_MS,
-    )
-    reply: str = await frame.locator(".pl-assistant[data-id]").last.inner_text()
-    return reply
+    return await replies(frame, before + 1)
 
 
 async def test_snippet_opens_streams_a_reply_and_remembers_the_conversation(redis: Redis) -> None:
@@ -209,6 +218,80 @@ async def test_host_api_sends_messages_reports_events_and_leaks_nothing(redis: R
         assert await page.evaluate("localStorage.getItem('perch:dk_acme_test')") is None
 
 
+async def test_snippet_attributes_place_open_and_colour_the_launcher(redis: Redis) -> None:
+    async with stack(redis) as s, chromium() as browser:
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        await page.goto(page_for(s, position="bottom-left", z_index="5000", open="true"))
+        await expanded(page, "true")
+        await lite_ready(await embed_frame(page))
+        button = await launcher_node(page)
+        assert button["center"][0] < 640, "bottom-left puts the launcher on the left"
+        assert button["style"]["background-color"] == "rgb(15, 118, 110)", "the tenant's accent"
+        assert await page.evaluate("document.querySelector('perch-widget').style.zIndex") == "5000"
+        assert await page.evaluate("document.querySelector('perch-widget').shadowRoot") is None, "closed shadow root"
+
+
+@pytest.mark.parametrize(
+    ("data", "warning"),
+    [
+        pytest.param({"position": "top-left"}, "data-position", id="position"),
+        pytest.param({"z_index": "high"}, "data-z-index", id="z-index"),
+    ],
+)
+async def test_bad_snippet_attributes_are_reported(redis: Redis, data: dict[str, str], warning: str) -> None:
+    async with stack(redis) as s, chromium() as browser:
+        page = await browser.new_page()
+        said = console_warnings(page)
+        await page.goto(page_for(s, **data))
+        await launcher(page)
+        assert any(warning in text for text in said), said
+
+
+QUEUED_CALLS = """<script>
+window.Perch = window.Perch || function () { (Perch.q = Perch.q || []).push(arguments); };
+Perch("setContext", {page: "checkout", cart_total: 120});
+Perch("sendMessage", "Queued before the loader arrived");
+Perch("frobnicate");
+Perch("on", "nonsense", function () {});
+Perch("sendMessage", 42);
+Perch("setContext", ["not", "an", "object"]);
+Perch("setContext", {blob: "x".repeat(3000)});
+</script>"""
+
+
+async def test_calls_queued_before_load_run_and_bad_calls_are_reported(redis: Redis) -> None:
+    async with stack(redis) as s, chromium() as browser:
+        page = await browser.new_page()
+        said = console_warnings(page)
+        await page.goto(page_for(s, head=QUEUED_CALLS + HOST_EVENTS))
+        await expanded(page, "true")
+        frame = await embed_frame(page)
+        await replies(frame, 1)
+        assert await frame.locator(".pl-user").all_inner_texts() == ["Queued before the loader arrived"]
+        reported = sorted(text.split(" ")[1] for text in said)
+        assert reported == ["on", "sendMessage", "setContext", "setContext", "unknown"]
+
+        first = s.recorder.chatkit_bodies()[-1]
+        assert first["type"] == "threads.create"
+        assert first["metadata"] == {"perch_context": {"page": "checkout", "cart_total": 120}}
+        await page.evaluate("Perch('setContext', {page: 'receipt'})")
+        await send_and_wait_reply(frame, "Where is my receipt?")
+        second = s.recorder.chatkit_bodies()[-1]
+        assert second["type"] == "threads.add_user_message"
+        assert second["metadata"] == {"perch_context": {"page": "receipt"}}
+        await page.evaluate("Perch('setContext', null)")
+        await send_and_wait_reply(frame, "Thanks")
+        assert "metadata" not in s.recorder.chatkit_bodies()[-1], "null forgets the context"
+
+        await page.evaluate("Perch('toggle')")
+        await expanded(page, "false")
+        await page.evaluate("Perch('toggle')")
+        await expanded(page, "true")
+        await page.evaluate("Perch('shutdown')")
+        await page.wait_for_function("() => window.__events.some(e => e.name === 'shutdown')", timeout=TIMEOUT_MS)
+        assert await page.evaluate("document.querySelectorAll('perch-widget').length") == 0
+
+
 async def test_escape_closes_and_focus_moves_in_and_back(redis: Redis) -> None:
     async with stack(redis) as s, chromium() as browser:
         page = await browser.new_page()
@@ -264,13 +347,16 @@ customElements.define("openai-chatkit", class extends HTMLElement {
   setOptions(options) {
     window.__chatkitOptions = JSON.parse(JSON.stringify(options));
     window.__chatkitFetchIsFunction = typeof options.api.fetch === "function";
+    this.api = options.api;
     this.textContent = "stand-in ChatKit";
-    const body = JSON.stringify({type: "threads.list", params: {limit: 5, order: "desc"}});
-    options.api.fetch(options.api.url, {method: "POST", headers: {"Content-Type": "application/json"}, body})
-      .then(r => r.json().then(data => { window.__chatkitFetch = {status: r.status, data}; }));
     this.dispatchEvent(new CustomEvent("chatkit.ready"));
   }
-  sendUserMessage(message) { window.__chatkitSent = message; }
+  sendUserMessage(message) {
+    const input = {content: [{type: "input_text", text: message.text}], attachments: [], inference_options: {}};
+    const body = JSON.stringify({type: "threads.create", params: {input}});
+    this.api.fetch(this.api.url, {method: "POST", headers: {"Content-Type": "application/json"}, body})
+      .then(r => r.text().then(text => { window.__chatkitReply = {status: r.status, text}; }));
+  }
   focusComposer() { window.__chatkitFocused = true; }
 });
 """
@@ -293,7 +379,7 @@ async def test_chatkit_receives_the_tenant_branding_and_a_fetch_that_carries_the
         await page.evaluate("Perch('setContext', {plan: 'pro'})")
         await click_launcher(page)
         frame = await embed_frame(page)
-        await frame.wait_for_function("() => window.__chatkitFetch !== undefined", timeout=TIMEOUT_MS)
+        await frame.wait_for_function("() => window.__chatkitFocused", timeout=TIMEOUT_MS)
 
         options = await frame.evaluate("window.__chatkitOptions")
         assert options["api"] == {"url": "/t/acme/chatkit", "domainKey": "domain_pk_localhost_dev"}
@@ -317,29 +403,59 @@ async def test_chatkit_receives_the_tenant_branding_and_a_fetch_that_carries_the
         assert options["history"]["enabled"] is True
         assert options["threadItemActions"] == {"feedback": True, "retry": True}
 
-        result = await frame.evaluate("window.__chatkitFetch")
-        assert result["status"] == 200 and result["data"]["data"] == []
+        assert await frame.locator(".pl").count() == 0, "ChatKit loaded, so no lite renderer"
+
+        await page.evaluate("Perch('sendMessage', 'Bonjour')")
+        await frame.wait_for_function("() => window.__chatkitReply !== undefined", timeout=TIMEOUT_MS)
+        reply = await frame.evaluate("window.__chatkitReply")
+        assert reply["status"] == 200 and "Bonjour" in reply["text"]
         request = [r for r in s.recorder.requests if r["path"] == "/t/acme/chatkit"][-1]
         assert request["headers"]["authorization"].startswith("Bearer ")
         assert request["headers"]["origin"] == s.service, "framed mode: the embed page calls from Perch's origin"
         assert json.loads(request["body"])["metadata"] == {"perch_context": {"plan": "pro"}}
-        assert await frame.locator(".pl").count() == 0, "ChatKit loaded, so no lite renderer"
+        await page.wait_for_function(
+            "() => window.__events.some(e => e.name === 'message' && e.detail.role === 'assistant')", timeout=TIMEOUT_MS
+        )
+        assert [m["text"] for m in await host_events(page, "message")][0] == "Bonjour"
 
-        await page.evaluate("Perch('sendMessage', 'Bonjour')")
-        await frame.wait_for_function("() => window.__chatkitSent !== undefined", timeout=TIMEOUT_MS)
-        assert await frame.evaluate("window.__chatkitSent") == {"text": "Bonjour"}
+
+FAILING_CHATKIT = """
+customElements.define("openai-chatkit", class extends HTMLElement {
+  setOptions() {
+    const error = new Error("This domain is not registered for ChatKit.");
+    setTimeout(() => this.dispatchEvent(new CustomEvent("chatkit.error", {detail: {error}})));
+  }
+});
+"""
 
 
-async def test_lite_renderer_takes_over_when_chatkit_cannot_load(redis: Redis) -> None:
-    branding = BRANDING.model_copy(update={"renderer": "auto"})
-    async with stack(redis, branding=branding) as s, chromium() as browser:
+@pytest.mark.parametrize(
+    ("chatkit_js", "renderer"),
+    [
+        pytest.param(None, "auto", id="script-unreachable"),
+        pytest.param("/* loads, but never defines openai-chatkit */", "auto", id="script-times-out"),
+        pytest.param(FAILING_CHATKIT, "auto", id="chatkit-fails-to-start"),
+        pytest.param(STAND_IN_CHATKIT, "lite", id="tenant-chose-lite"),
+    ],
+)
+async def test_lite_renderer_takes_over_when_chatkit_cannot_run(
+    redis: Redis, chatkit_js: str | None, renderer: str
+) -> None:
+    branding = BRANDING.model_copy(update={"renderer": renderer})
+    async with stack(redis, branding=branding, chatkit_js=chatkit_js) as s, chromium() as browser:
         page = await browser.new_page()
-        await page.goto(page_for(s))
+        await page.goto(page_for(s, head=HOST_EVENTS))
         await click_launcher(page)
         frame = await embed_frame(page)
         await lite_ready(frame)
         reply = await send_and_wait_reply(frame, "Still there?")
         assert "Still there?" in reply
+        assert await frame.locator("openai-chatkit").count() == 0
+        if chatkit_js == FAILING_CHATKIT:
+            errors = await host_events(page, "error")
+            assert errors[0]["code"] == "chatkit" and "not registered" in errors[0]["message"]
+        if renderer == "lite":
+            assert "/chatkit.js" not in s.site.served, "a tenant on the lite renderer never loads ChatKit"
 
 
 XSS_CORPUS = """Here is a tricky answer.
@@ -453,3 +569,198 @@ async def test_dark_theme_and_mobile_layout(redis: Redis) -> None:
 async def _fills(element: Any, width: int, height: int) -> bool:
     box = await element.bounding_box()
     return box is not None and round(box["width"]) == width and round(box["height"]) == height
+
+
+async def test_lite_prompts_retries_and_recovers_from_errors(redis: Redis) -> None:
+    fake = FakeUpstream()
+    async with serve(fake.app) as upstream:
+        ai = AISettings(provider="openai", model="gpt-test")
+        async with stack(redis, ai=ai, upstream=upstream) as s, chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(page_for(s))
+            await click_launcher(page)
+            frame = await embed_frame(page)
+            await lite_ready(frame)
+
+            fake.scenario = Scenario(reply="First answer.")
+            await frame.click(".pl-prompt >> text=Return policy")
+            assert "First answer." in await replies(frame, 1)
+            assert await frame.locator(".pl-user").all_inner_texts() == ["What is your return policy?"]
+
+            fake.scenario = Scenario(reply="Second answer.")
+            await frame.click(".pl-actions .pl-retry")
+            await frame.wait_for_selector(".pl-assistant[data-id] >> text=Second answer.", timeout=TIMEOUT_MS)
+            assert "Second answer." in await replies(frame, 1)
+            assert await frame.locator(".pl-assistant").count() == 1, "the retried reply replaces the old one"
+            assert s.recorder.chatkit_bodies()[-1]["type"] == "threads.retry_after_item"
+
+            fake.scenario = Scenario(fail_status=500)
+            await frame.fill(".pl-input", "Are you there?")
+            await frame.press(".pl-input", "Enter")
+            error = frame.locator(".pl-error[role=alert]")
+            await error.locator(".pl-retry").wait_for(timeout=TIMEOUT_MS)
+            assert (await error.inner_text()).strip()
+            fake.scenario = Scenario(reply="Back again.")
+            await error.locator(".pl-retry").click()
+            assert "Back again." in await replies(frame, 2)
+            assert await frame.locator(".pl-error").count() == 0
+
+
+async def test_lite_stop_ends_a_reply_part_way(redis: Redis) -> None:
+    fake = FakeUpstream()
+    async with serve(fake.app) as upstream:
+        ai = AISettings(provider="openai", model="gpt-test")
+        async with stack(redis, ai=ai, upstream=upstream) as s, chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(page_for(s))
+            await click_launcher(page)
+            frame = await embed_frame(page)
+            await lite_ready(frame)
+
+            long_story = "word " * 400
+            fake.scenario = Scenario(reply=long_story, chunk_size=5, chunk_delay=0.02)
+            await frame.fill(".pl-input", "Tell me a long story")
+            await frame.press(".pl-input", "Enter")
+            await frame.wait_for_selector(".pl-assistant.pl-streaming .pl-md p", timeout=TIMEOUT_MS)
+            await frame.click(".pl-icon[aria-label='Stop reply']")
+            await frame.wait_for_selector(".pl-notice >> text=Stopped.", timeout=TIMEOUT_MS)
+            await frame.wait_for_function("() => !document.querySelector('.pl-busy')", timeout=TIMEOUT_MS)
+            partial = await frame.locator(".pl-assistant").last.inner_text()
+            assert 0 < len(partial.strip()) < len(long_story.strip()), "the reply stopped part way"
+
+
+async def test_lite_follows_the_theme_and_reopens_past_conversations(redis: Redis) -> None:
+    theme = Theme(accent="#b45309", radius="pill", density="compact", font_family="Georgia, serif")
+    async with stack(redis, branding=BRANDING.model_copy(update={"theme": theme})) as s, chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(page_for(s))
+        await click_launcher(page)
+        frame = await embed_frame(page)
+        await lite_ready(frame)
+        await send_and_wait_reply(frame, "First question")
+
+        style = """([selector, name]) => getComputedStyle(document.querySelector(selector)).getPropertyValue(name)"""
+        assert await frame.evaluate(style, [".pl-send", "background-color"]) == "rgb(180, 83, 9)"
+        assert await frame.evaluate(style, [".pl-user", "border-top-left-radius"]) == "20px"
+        assert await frame.evaluate(style, [".pl-log", "row-gap"]) == "6px"
+        assert "Georgia" in await frame.evaluate(style, [".pl", "font-family"])
+        assert await frame.evaluate(style, [".pl", "background-color"]) == "rgb(255, 255, 255)"
+
+        await frame.click(".pl-icon[aria-label='New conversation']")
+        await frame.wait_for_selector(".pl-greeting", timeout=TIMEOUT_MS)
+        await send_and_wait_reply(frame, "Second question")
+        await frame.click(".pl-icon[aria-label='Past conversations']")
+        await frame.locator(".pl-thread", has_text="First question").click()
+        await frame.wait_for_selector(".pl-user >> text=First question", timeout=TIMEOUT_MS)
+        assert await frame.locator(".pl-user").all_inner_texts() == ["First question"]
+        stored = json.loads(await page.evaluate(f"localStorage.getItem('perch:{s.key}')"))
+        first_thread = [b for b in s.recorder.chatkit_bodies() if b["type"] == "items.list"][-1]["params"]["thread_id"]
+        assert stored["thread"] == first_thread, "the page remembers the conversation the visitor went back to"
+
+
+async def test_a_rejected_token_is_renewed_and_the_request_retried(redis: Redis) -> None:
+    async with stack(redis) as s, chromium() as browser:
+        context = await browser.new_context()
+        stale = json.dumps({"token": "stale-token", "expires_at": "2999-01-01T00:00:00+00:00", "thread": None})
+        seed = f"localStorage.setItem('perch:{s.key}', {json.dumps(stale)})"
+        await context.add_init_script(f"if (location.origin === {json.dumps(s.customer)}) {seed}")
+        page = await context.new_page()
+        await page.goto(page_for(s))
+        await click_launcher(page)
+        frame = await embed_frame(page)
+        await lite_ready(frame)
+        assert "Hello again" in await send_and_wait_reply(frame, "Hello again")
+
+        tokens = s.recorder.chatkit_tokens()
+        assert tokens[0] == "stale-token" and tokens[1] != "stale-token"
+        assert [json.loads(r["body"]) for r in s.recorder.sessions()] == [{"token": "stale-token"}]
+        stored = json.loads(await page.evaluate(f"localStorage.getItem('perch:{s.key}')"))
+        assert stored["token"] == tokens[-1]
+
+
+SPY = """<script>
+window.__markers = 0;
+addEventListener("message", function (event) { if (event.data === "marker") window.__markers++; });
+</script>"""
+FORGE = """() => {
+  parent.postMessage({v: 1, ns: "perch", type: "close"}, "*");
+  parent.postMessage({v: 1, ns: "perch", type: "event", payload: {name: "message", data: {text: "forged"}}}, "*");
+  parent.postMessage("marker", "*");
+}"""
+
+
+async def test_forged_messages_are_ignored_and_tokens_stay_out_of_urls(redis: Redis) -> None:
+    async with stack(redis) as s, chromium() as browser:
+        other = s.customer.replace("localhost", "127.0.0.1")
+        s.site.pages["/other"] = "<!doctype html><title>another site</title>"
+        page = await browser.new_page()
+        evil_frame = f'<iframe src="{other}/other" title="ad"></iframe>'
+        await page.goto(page_for(s, head=HOST_EVENTS + SPY + evil_frame))
+        await click_launcher(page)
+        frame = await embed_frame(page)
+        await lite_ready(frame)
+
+        # Another frame on the page pretends to be the chat: the loader ignores it.
+        evil = next(f for f in page.frames if f.url.startswith(other))
+        await evil.evaluate(FORGE)
+        await page.wait_for_function("() => window.__markers === 1", timeout=TIMEOUT_MS)
+        assert (await launcher(page))["aria-expanded"] == "true"
+        assert await host_events(page, "message") == []
+
+        # The embed page opened outside its frame takes orders from nobody, even an allowed site.
+        async with page.expect_popup() as popup_info:
+            await page.evaluate(f"window.__popup = window.open('{s.service}/embed/{s.key}')")
+        popup = await popup_info.value
+        await popup.wait_for_load_state()
+        await popup.evaluate(SPY.removeprefix("<script>").removesuffix("</script>"))
+        forged_init = {
+            "v": 1,
+            "ns": "perch",
+            "type": "init",
+            "payload": {"token": "forged", "expires_at": "2999-01-01"},
+        }
+        await page.evaluate(
+            "([init, origin]) => { __popup.postMessage(init, origin); __popup.postMessage('marker', origin); }",
+            [forged_init, s.service],
+        )
+        await popup.wait_for_function("() => window.__markers === 1", timeout=TIMEOUT_MS)
+        assert "does nothing on its own" in await popup.locator(".perch-status").inner_text()
+        assert "forged" not in s.recorder.chatkit_tokens()
+
+        await send_and_wait_reply(frame, "Is my token safe?")
+        token = json.loads(await page.evaluate(f"localStorage.getItem('perch:{s.key}')"))["token"]
+        assert token in s.recorder.chatkit_tokens()
+        urls = [r["path"] + "?" + r["query"] for r in s.recorder.requests] + [f.url for f in page.frames]
+        assert not [url for url in urls if token in url]
+
+
+async def test_only_the_keys_sites_may_frame_the_chat(redis: Redis) -> None:
+    async with stack(redis) as s, chromium() as browser:
+        other = s.customer.replace("localhost", "127.0.0.1")
+        s.site.pages["/framer"] = f'<!doctype html><iframe src="{s.service}/embed/{s.key}"></iframe>'
+        page = await browser.new_page()
+        await page.goto(f"{other}/framer")
+        await wait_until(lambda: "/embed/" in " ".join(s.recorder.paths()))
+        frame = page.frames[1]
+        assert await frame.locator("#perch-root").count() == 0, "the browser refuses to show the chat"
+        assert s.recorder.paths("/t/") == []
+
+
+async def test_demo_page_chats_with_the_demo_tenant(redis: Redis) -> None:
+    settings = Settings(secret_keys=(SECRET,), chatkit_js_url=UNREACHABLE_CHATKIT)
+    recorder = Recorder(create_app(settings, redis=redis))
+    async with serve(recorder) as service, chromium() as browser:
+        await TenantRepository(redis).set_origins(DEMO_KEY, [service])
+        page = await browser.new_page()
+        await page.goto(f"{service}/demo")
+        assert "Fernhill" in await page.title()
+        assert (await launcher(page))["aria-label"] == "Chat with Perch demo"
+        await page.click("#ask")
+        await expanded(page, "true")
+        frame = await embed_frame(page)
+        await replies(frame, 1)
+        assert await frame.locator(".pl-user").all_inner_texts() == [
+            "Which grind size should I use for a French press?"
+        ]
+        created = recorder.chatkit_bodies()[-1]
+        assert created["metadata"]["perch_context"]["store"] == "Fernhill Coffee"
