@@ -192,19 +192,23 @@
       return response;
     }
     var pair = response.body.tee();
-    readEvents(pair[1], observe);
+    // A malformed event is the renderer's to report; the host only hears about good ones.
+    readEvents(pair[1], observe).catch(function () {});
     return new Response(pair[0], { status: response.status, statusText: response.statusText, headers: response.headers });
   }
 
   /**
-   * Call `onEvent` with each JSON event of an SSE body.
+   * Call `onEvent` with each JSON event of an SSE body; resolves when the stream ends and rejects on
+   * a malformed event. The lite renderer reads its streams with this too.
    * @param {ReadableStream<Uint8Array>} stream
    * @param {(event: any) => void} onEvent
+   * @returns {Promise<void>}
    */
   function readEvents(stream, onEvent) {
     var reader = stream.getReader();
     var decoder = new TextDecoder();
     var buffer = "";
+    /** @returns {Promise<void>} */
     function pump() {
       return reader.read().then(function (chunk) {
         if (chunk.done) return;
@@ -212,6 +216,7 @@
         var blocks = buffer.split(/\r?\n\r?\n/);
         buffer = blocks.pop() || "";
         blocks.forEach(function (block) {
+          // Only data lines: comments (": keep-alive") and other fields are not events.
           var data = block
             .split(/\r?\n/)
             .filter(function (line) {
@@ -221,18 +226,12 @@
               return line.slice(5).replace(/^ /, "");
             })
             .join("\n");
-          if (data) {
-            try {
-              onEvent(JSON.parse(data));
-            } catch (e) {
-              // A malformed event is the renderer's to report; the host only hears about good ones.
-            }
-          }
+          if (data) onEvent(JSON.parse(data));
         });
         return pump();
       });
     }
-    pump().catch(function () {});
+    return pump();
   }
 
   /** @param {any} event */
@@ -406,6 +405,7 @@
           branding: branding,
           apiUrl: config.chatkit.api_url,
           fetch: perchFetch,
+          readEvents: readEvents,
           thread: thread,
           onThread: function (/** @type {string | null} */ id) {
             post("thread", { id: id });

@@ -32,6 +32,7 @@
    *   disclaimer: string, locale: string,
    *   theme: {color_scheme: string, accent: string, radius: string, density: string, font_family: string}}} Branding
    * @typedef {{branding: Branding, apiUrl: string, fetch: typeof fetch, thread: string | null,
+   *   readEvents: (stream: ReadableStream<Uint8Array>, onEvent: (event: any) => void) => Promise<void>,
    *   onThread: (id: string | null) => void, onClose: () => void}} Options
    */
 
@@ -647,7 +648,7 @@
               }
             );
           }
-          return readEvents(/** @type {ReadableStream<Uint8Array>} */ (response.body), onEvent);
+          return options.readEvents(/** @type {ReadableStream<Uint8Array>} */ (response.body), onEvent);
         })
         .catch(function (error) {
           if (shown !== generation) return;
@@ -850,40 +851,5 @@
     };
   }
 
-  /**
-   * Call `onEvent` with each JSON event of an SSE body; resolves when the stream ends.
-   * @param {ReadableStream<Uint8Array>} stream
-   * @param {(event: any) => void} onEvent
-   * @returns {Promise<void>}
-   */
-  function readEvents(stream, onEvent) {
-    var reader = stream.getReader();
-    var decoder = new TextDecoder();
-    var buffer = "";
-    /** @returns {Promise<void>} */
-    function pump() {
-      return reader.read().then(function (chunk) {
-        if (chunk.done) return;
-        buffer += decoder.decode(chunk.value, { stream: true });
-        var blocks = buffer.split(/\r?\n\r?\n/);
-        buffer = blocks.pop() || "";
-        blocks.forEach(function (block) {
-          var data = block
-            .split(/\r?\n/)
-            .filter(function (line) {
-              return line.indexOf("data:") === 0;
-            })
-            .map(function (line) {
-              return line.slice(5).replace(/^ /, "");
-            })
-            .join("\n");
-          if (data) onEvent(JSON.parse(data));
-        });
-        return pump();
-      });
-    }
-    return pump();
-  }
-
-  /** @type {any} */ (window).PerchLite = { mount: mount, markdown: markdown, readEvents: readEvents };
+  /** @type {any} */ (window).PerchLite = { mount: mount, markdown: markdown };
 })();
