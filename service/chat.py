@@ -131,7 +131,7 @@ class ChatServer(ChatKitServer[RequestContext]):
         try:
             await self.turn.reserve(estimate_input_tokens(instructions, history), self.tenant.ai.max_output_tokens)
         except TurnRefused as refused:
-            raise CustomStreamError(refused.message, allow_retry=True) from None
+            raise CustomStreamError(refused.message, allow_retry=refused.allow_retry) from None
         agent: Agent[AgentContext[RequestContext]] = Agent(
             name=self.tenant.branding.title,
             instructions=instructions,

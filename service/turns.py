@@ -43,10 +43,11 @@ TOKENS_PER_MESSAGE = 8
 class TurnRefused(Exception):
     """A chat turn that may not go ahead, with what to tell the visitor."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, *, allow_retry: bool = True) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.allow_retry = allow_retry
 
 
 def in_seconds(seconds: float) -> str:
@@ -149,7 +150,8 @@ class Turn:
             visitor_daily=limits.visitor_daily_tokens,
         )
         if self._reservation is None:
-            raise TurnRefused(OUT_OF_TOKENS, _seconds_to_midnight())
+            # Nothing to retry before the budget renews at midnight UTC.
+            raise TurnRefused(OUT_OF_TOKENS, _seconds_to_midnight(), allow_retry=False)
 
     def record(self, usage: Usage, streamed_text: str) -> None:
         """Note what the call cost: the model's own count, else an estimate of what it streamed."""

@@ -213,7 +213,7 @@ async def test_a_turn_over_the_daily_budget_is_refused_before_the_model_is_calle
             "type": "error",
             "code": "custom",
             "message": "This chat has reached today's usage limit — please try again tomorrow.",
-            "allow_retry": True,
+            "allow_retry": False,
         }
     ]
     assert fake.requests == []

@@ -48,7 +48,7 @@ async def chatkit(request: Request) -> Response:
     except TurnRefused as refused:
         # ChatKit shows an error event's message in the conversation; a 429 would be a generic failure.
         headers = {} if refused.retry_after is None else {"Retry-After": str(math.ceil(refused.retry_after))}
-        events = error_events(refused.message, allow_retry=True)
+        events = error_events(refused.message, allow_retry=refused.allow_retry)
         return EventStream(events, heartbeat_seconds=heartbeat, streams=streams, headers=headers)
     events = server.stream(chat_request, context)
     return EventStream(events, heartbeat_seconds=heartbeat, streams=streams, on_close=turn.close)
