@@ -19,6 +19,7 @@ test: install
 
 check: install
 	$(PYTHON) -m ruff check service tests bench
+	$(PYTHON) -m ruff format --check service tests bench
 	$(PYTHON) -m mypy
 
 bench: install

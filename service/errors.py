@@ -1,13 +1,13 @@
 """Errors with a status code and a public detail, mapped to JSON by one handler.
 
-    ServiceError
-    ├── BadRequest          400
-    ├── Unauthorized        401
-    ├── Forbidden           403
-    ├── NotFound            404
-    ├── PayloadTooLarge     413
-    ├── TooManyRequests     429  (Retry-After)
-    └── ServiceUnavailable  503  (Retry-After)
+ServiceError
+├── BadRequest          400
+├── Unauthorized        401
+├── Forbidden           403
+├── NotFound            404
+├── PayloadTooLarge     413
+├── TooManyRequests     429  (Retry-After)
+└── ServiceUnavailable  503  (Retry-After)
 """
 
 from __future__ import annotations
