@@ -286,10 +286,7 @@ async def _run(command: Command, settings: Settings, args: argparse.Namespace) -
     try:
         return await command(TenantRepository(redis), args)
     finally:
-        await redis.aclose()
-        # Close the pool's sockets even if the client doesn't own its pool: asyncio.run is about to
-        # close the loop, and sockets left open then are leaked (and warned about).
-        await redis.connection_pool.disconnect()
+        await redis.aclose()  # the client owns its pool: this closes its sockets too
 
 
 def _message(exc: Exception) -> str:
