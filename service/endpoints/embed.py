@@ -6,7 +6,6 @@ only the key's sites frame it, and its scripts come only from Perch and ChatKit'
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from html import escape
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.endpoints.cache import etag_of, revalidated
 from service.endpoints.widget import public_config
 from service.errors import Forbidden, NotFound
 from service.services import Services
@@ -48,17 +48,14 @@ def load_asset(name: str) -> Asset:
     cached = _assets.get(name)
     if cached is None or cached.mtime_ns != mtime_ns:
         body = path.read_bytes()
-        cached = Asset(body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"', mtime_ns)
+        cached = Asset(body, etag_of(body), mtime_ns)
         _assets[name] = cached
     return cached
 
 
 def asset_response(request: Request, name: str, media_type: str) -> Response:
     asset = load_asset(name)
-    headers = {"ETag": asset.etag, "Cache-Control": ASSET_CACHE, "X-Content-Type-Options": "nosniff"}
-    if asset.etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return Response(asset.body, media_type=media_type, headers=headers)
+    return revalidated(request, asset.body, media_type=media_type, cache_control=ASSET_CACHE, etag=asset.etag)
 
 
 async def widget_js(request: Request) -> Response:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from service.endpoints.cache import revalidated
 from service.errors import BadRequest, Forbidden
 from service.ids import new_id
 from service.origins import canonical_origin, origin_matches
@@ -66,11 +66,8 @@ async def config(request: Request) -> Response:
     key = await _active_key(request.scope)
     tenant = await services.tenants.get(key.tenant_id)
     body = json.dumps(public_config(tenant, key, services), separators=(",", ":"), sort_keys=True).encode()
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+    # no-cache: always revalidate, so branding changes show on the next page load.
+    return revalidated(request, body, media_type="application/json", cache_control="no-cache")
 
 
 async def session(request: Request) -> JSONResponse:
