@@ -145,7 +145,8 @@ async def main() -> None:
 
 Written by `{" ".join(["python -m bench.bench_requests", *sys.argv[1:]])}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC,
 Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; Redis: {backend}.
-Timings are the fastest of {ROUNDS} rounds unless a table says otherwise; ratios compare numbers measured in the same run.
+Timings are the fastest of {ROUNDS} rounds unless a table says otherwise;
+ratios compare numbers measured in the same run.
 
 ## Parsing a ChatKit request
 
