@@ -259,12 +259,11 @@
     shutdown: shutdown,
   };
 
-  /** Perch("open"), Perch("on", "close", fn)… @param {string} name @param {...any} args */
-  function Perch(name, args) {
-    var rest = [].slice.call(arguments, 1);
+  /** Perch("open"), Perch("on", "close", fn)… @param {string} name @param {...any} rest */
+  function Perch(name, ...rest) {
     if (dead) return;
     if (name == "on") {
-      if (EVENTS.split(" ").indexOf(rest[0]) < 0 || typeof rest[1] != "function") {
+      if (!EVENTS.split(" ").includes(rest[0]) || typeof rest[1] != "function") {
         return warn("on needs a function and one of: " + EVENTS);
       }
       (handlers[rest[0]] = handlers[rest[0]] || []).push(rest[1]);
@@ -273,12 +272,12 @@
     }
     var command = commands.hasOwnProperty(name) && commands[name];
     if (!command) return warn("unknown command " + name);
-    if (ready || name == "setContext" || name == "shutdown") command.apply(null, rest);
-    else later.push(() => command.apply(null, rest));
+    if (ready || name == "setContext" || name == "shutdown") command(...rest);
+    else later.push(() => command(...rest));
   }
   Perch.loaded = 1;
   /** @type {any} */ (w).Perch = Perch;
-  ((stub && stub.q) || []).forEach((/** @type {any} */ call) => Perch.apply(null, call));
+  ((stub && stub.q) || []).forEach((/** @type {any} */ call) => Perch(...call));
 
   w.addEventListener("message", onMessage);
   d.addEventListener("keydown", onKey);
@@ -295,7 +294,8 @@
     })
     .catch((e) => {
       // An off-list site gets no CORS grant, so the error has no detail.
-      warn((e && e.code && e.message) || "no chat: is this site allowed to use " + key + "?");
+      if (!(e && e.code)) e = { code: "unavailable", message: "no chat: is this site allowed to use " + key + "?" };
+      warn(e.message);
       emit("error", e);
     });
 })(window, document);
