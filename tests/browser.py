@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -54,7 +54,7 @@ async def chromium() -> AsyncIterator[Browser]:
 
 @dataclass
 class Recorder:
-    """ASGI middleware that notes every request the service receives."""
+    """ASGI middleware that notes every request the service receives, and the status it answered."""
 
     app: ASGIApp
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -71,6 +71,7 @@ class Recorder:
             "query": query,
             "headers": headers,
             "body": b"",
+            "status": None,
         }
         self.requests.append(entry)
 
@@ -80,7 +81,12 @@ class Recorder:
                 entry["body"] += message.get("body", b"")
             return message
 
-        await self.app(scope, recording_receive, send)
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                entry["status"] = message["status"]
+            await send(message)
+
+        await self.app(scope, recording_receive, recording_send)
 
     def paths(self, prefix: str = "/") -> list[str]:
         return [r["path"] for r in self.requests if r["path"].startswith(prefix)]
@@ -92,10 +98,12 @@ class Recorder:
     def chatkit_bodies(self) -> list[dict[str, Any]]:
         return [json.loads(r["body"]) for r in self.requests if r["path"].endswith("/chatkit") and r["body"]]
 
+    def chatkit_posts(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"].endswith("/chatkit") and r["method"] == "POST"]
+
     def chatkit_tokens(self) -> list[str]:
         """The bearer token of each chat request, in order."""
-        chats = [r for r in self.requests if r["path"].endswith("/chatkit") and r["method"] == "POST"]
-        return [r["headers"].get("authorization", "").removeprefix("Bearer ") for r in chats]
+        return [r["headers"].get("authorization", "").removeprefix("Bearer ") for r in self.chatkit_posts()]
 
 
 @dataclass

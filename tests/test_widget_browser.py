@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from playwright.async_api import Browser, Frame, Page
 from redis.asyncio import Redis
 
 from service.app import create_app
 from service.demo import DEMO_KEY
 from service.settings import Settings
-from service.tenants import AISettings, Branding, Prompt, Tenant, TenantRepository, Theme
+from service.tenants import AISettings, Branding, Limits, Prompt, RateSetting, Tenant, TenantRepository, Theme
+from service.tokens import SessionTokens
 from tests.browser import (
     HOST_EVENTS,
     TIMEOUT_MS,
@@ -33,7 +36,7 @@ from tests.browser import (
     screenshot,
     wait_until,
 )
-from tests.fake_upstream import FakeUpstream, Scenario
+from tests.fake_upstream import DEFAULT_REPLY, FakeUpstream, Scenario
 from tests.harness import SECRET
 from tests.live import serve
 
@@ -72,13 +75,16 @@ async def stack(
     allow_customer: bool = True,
     chatkit_js: str | None = None,
     upstream: str | None = None,
+    limits: Limits | None = None,
+    session_ttl_seconds: int = 3600,
 ) -> AsyncIterator[Stack]:
     """Serve a customer site on localhost:P2 and Perch on 127.0.0.1:P1, with a key for the customer's origin."""
     site = CustomerSite()
     async with serve(site.app()) as site_url:
         customer = site_url.replace("127.0.0.1", "localhost")
         repo = TenantRepository(redis)
-        await repo.save(Tenant(id="acme", name="Acme", branding=branding, ai=ai or AISettings()))
+        tenant = Tenant(id="acme", name="Acme", branding=branding, ai=ai or AISettings(), limits=limits or Limits())
+        await repo.save(tenant)
         origins = [customer] if allow_customer else ["https://shop.example.com"]
         key = await repo.create_key("acme", origins, key_id="dk_acme_test")
         chatkit_url = UNREACHABLE_CHATKIT
@@ -91,6 +97,7 @@ async def stack(
             openai_api_key="test" if upstream else None,
             openai_base_url=f"{upstream}/v1" if upstream else None,
             llm_max_retries=0,
+            session_ttl_seconds=session_ttl_seconds,
         )
         recorder = Recorder(create_app(settings, redis=redis))
         async with serve(recorder) as service:
@@ -319,7 +326,11 @@ async def test_disallowed_origin_shows_no_chat_and_sends_no_chat_request(redis: 
     async with stack(redis, allow_customer=False) as s, chromium() as browser:
         page = await browser.new_page()
         async with page.expect_console_message(lambda m: m.text.startswith("Perch:"), timeout=TIMEOUT_MS):
-            await page.goto(page_for(s))
+            await page.goto(page_for(s, head=HOST_EVENTS))
+        await page.wait_for_function("() => window.__events.some(e => e.name === 'error')", timeout=TIMEOUT_MS)
+        [error] = await host_events(page, "error")
+        assert error == {"code": "unavailable", "message": f"no chat: is this site allowed to use {s.key}?"}
+        assert await host_events(page, "ready") == []
         assert await page.evaluate("document.querySelectorAll('perch-widget').length") == 0
         assert await page.evaluate("localStorage.length") == 0
         assert s.recorder.paths("/t/") == []
@@ -606,6 +617,59 @@ async def test_lite_prompts_retries_and_recovers_from_errors(redis: Redis) -> No
             assert await frame.locator(".pl-error").count() == 0
 
 
+async def _open_lite(s: Stack, browser: Browser) -> tuple[Page, Frame]:
+    page = await browser.new_page()
+    await page.goto(page_for(s, head=HOST_EVENTS))
+    await click_launcher(page)
+    frame = await embed_frame(page)
+    await lite_ready(frame)
+    return page, frame
+
+
+async def test_a_visitor_over_the_message_rate_is_told_when_to_come_back(redis: Redis) -> None:
+    fake = FakeUpstream()
+    async with serve(fake.app) as upstream:
+        ai = AISettings(provider="openai", model="gpt-test")
+        limits = Limits(visitor_messages=RateSetting(count=1, per_seconds=3600, burst=1))
+        async with stack(redis, ai=ai, upstream=upstream, limits=limits) as s, chromium() as browser:
+            page, frame = await _open_lite(s, browser)
+            assert DEFAULT_REPLY in await send_and_wait_reply(frame, "First question")
+
+            await frame.fill(".pl-input", "Second question")
+            await frame.press(".pl-input", "Enter")
+            error = frame.locator(".pl-error[role=alert]")
+            await error.wait_for(timeout=TIMEOUT_MS)
+            assert await error.is_visible()
+            assert "You're sending messages quickly — try again in 60 min." in await error.inner_text()
+            assert await error.locator(".pl-retry").count() == 1, "a rate limit passes: the visitor may try again"
+            assert len(fake.requests) == 1, "the refused message never reached the model"
+            await page.wait_for_function("() => window.__events.some(e => e.name === 'error')", timeout=TIMEOUT_MS)
+            [reported] = await host_events(page, "error")
+            assert reported["message"].startswith("You're sending messages quickly") and reported["allow_retry"]
+
+
+async def test_a_site_out_of_todays_tokens_says_so_and_offers_no_retry(redis: Redis) -> None:
+    fake = FakeUpstream()
+    async with serve(fake.app) as upstream:
+        ai = AISettings(provider="openai", model="gpt-test")
+        limits = Limits(tenant_daily_tokens=1000)
+        async with stack(redis, ai=ai, upstream=upstream, limits=limits) as s, chromium() as browser:
+            page, frame = await _open_lite(s, browser)
+            await frame.fill(".pl-input", "Hello?")
+            await frame.press(".pl-input", "Enter")
+            error = frame.locator(".pl-error[role=alert]")
+            await error.wait_for(timeout=TIMEOUT_MS)
+            await frame.wait_for_function("() => !document.querySelector('.pl-busy')", timeout=TIMEOUT_MS)
+            assert await error.is_visible()
+            assert (await error.inner_text()).strip() == (
+                "This chat has reached today's usage limit — please try again tomorrow."
+            )
+            assert await frame.locator(".pl-retry").count() == 0, "nothing changes until midnight UTC"
+            assert fake.requests == []
+            await page.wait_for_function("() => window.__events.some(e => e.name === 'error')", timeout=TIMEOUT_MS)
+            assert [e["allow_retry"] for e in await host_events(page, "error")] == [False]
+
+
 async def test_lite_stop_ends_a_reply_part_way(redis: Redis) -> None:
     fake = FakeUpstream()
     async with serve(fake.app) as upstream:
@@ -676,6 +740,34 @@ async def test_a_rejected_token_is_renewed_and_the_request_retried(redis: Redis)
         assert [json.loads(r["body"]) for r in s.recorder.sessions()] == [{"token": "stale-token"}]
         stored = json.loads(await page.evaluate(f"localStorage.getItem('perch:{s.key}')"))
         assert stored["token"] == tokens[-1]
+
+
+async def test_tokens_are_renewed_before_they_expire_and_the_visitor_keeps_the_conversation(redis: Redis) -> None:
+    # A three-second session: every chat request finds its token near expiry, and one lapses between messages.
+    async with stack(redis, session_ttl_seconds=3) as s, chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(page_for(s))
+        await click_launcher(page)
+        frame = await embed_frame(page)
+        await lite_ready(frame)
+        assert "Before expiry" in await send_and_wait_reply(frame, "Before expiry")
+        first_token = s.recorder.chatkit_tokens()[-1]
+        decode = SessionTokens((SECRET,), 3).decode
+        claims = decode(first_token)
+        assert claims is not None
+        await wait_until(lambda: time.time() > claims.expires_at + 0.5, timeout=10)
+
+        assert "After expiry" in await send_and_wait_reply(frame, "After expiry")
+        tokens = s.recorder.chatkit_tokens()
+        assert tokens[-1] != first_token
+        assert [r["status"] for r in s.recorder.chatkit_posts()] == [200] * len(tokens), "renewed before, not after"
+        handed_in = [json.loads(r["body"])["token"] for r in s.recorder.sessions()]
+        assert len(handed_in) > 2 and None not in handed_in[1:], "each renewal hands in the token before it"
+        visitors = {claims.visitor_id for claims in map(decode, tokens) if claims is not None}
+        assert len(visitors) == 1, "one visitor throughout"
+        assert s.recorder.chatkit_bodies()[-1]["type"] == "threads.add_user_message", "the same conversation"
+        assert await frame.locator(".pl-user").all_inner_texts() == ["Before expiry", "After expiry"]
+        assert await frame.locator(".pl-error").count() == 0
 
 
 SPY = """<script>
