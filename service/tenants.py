@@ -34,6 +34,20 @@ class Theme(Model):
     density: Literal["compact", "normal", "spacious"] = "normal"
     font_family: Annotated[str, StringConstraints(max_length=120, pattern=r"^[\w \-,'\"]*$")] = ""
 
+    def accent_ink(self) -> str:
+        """Return the text colour to put on the accent: near-black or white, whichever contrasts more (WCAG)."""
+        # Black and white contrast equally with a colour of relative luminance ~0.179.
+        return "#111111" if _luminance(self.accent) > 0.179 else "#ffffff"
+
+
+def _luminance(hex_color: str) -> float:
+    def linear(channel: int) -> float:
+        c = channel / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    red, green, blue = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return 0.2126 * linear(red) + 0.7152 * linear(green) + 0.0722 * linear(blue)
+
 
 class Prompt(Model):
     label: Annotated[str, StringConstraints(min_length=1, max_length=60, strip_whitespace=True)]

@@ -5,7 +5,7 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from service.tenants import TenantRepository
+from service.tenants import TenantRepository, Theme
 from service.tokens import SessionTokens
 from tests.harness import SECRET, SHOP, add_tenant, perch, start_session
 
@@ -179,3 +179,21 @@ async def test_every_response_carries_a_request_id(redis: Redis) -> None:
         fresh = await client.get("/healthz")
     assert given.headers["x-request-id"] == "abc12345-trace"
     assert len(fresh.headers["x-request-id"]) == 16
+
+
+@pytest.mark.parametrize(
+    ("accent", "ink"),
+    [
+        pytest.param("#f59e0b", "#111111", id="amber-gets-dark-text"),
+        pytest.param("#fde047", "#111111", id="yellow-gets-dark-text"),
+        pytest.param("#0f766e", "#ffffff", id="teal-gets-white-text"),
+        pytest.param("#2563eb", "#ffffff", id="blue-gets-white-text"),
+    ],
+)
+async def test_config_says_which_text_colour_reads_on_the_accent(redis: Redis, accent: str, ink: str) -> None:
+    tenant, key = await add_tenant(redis)
+    branding = tenant.branding.model_copy(update={"theme": Theme(accent=accent)})
+    await TenantRepository(redis).save(tenant.model_copy(update={"branding": branding}))
+    async with perch(redis) as client:
+        theme = (await client.get(f"/v1/widget/{key}/config", headers={"Origin": SHOP})).json()["branding"]["theme"]
+    assert theme["accent"] == accent and theme["accent_ink"] == ink

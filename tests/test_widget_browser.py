@@ -234,6 +234,7 @@ async def test_snippet_attributes_place_open_and_colour_the_launcher(redis: Redi
         button = await launcher_node(page)
         assert button["center"][0] < 640, "bottom-left puts the launcher on the left"
         assert button["style"]["background-color"] == "rgb(15, 118, 110)", "the tenant's accent"
+        assert button["style"]["color"] == "rgb(255, 255, 255)", "the text colour the server chose for the accent"
         assert await page.evaluate("document.querySelector('perch-widget').style.zIndex") == "5000"
         assert await page.evaluate("document.querySelector('perch-widget').shadowRoot") is None, "closed shadow root"
 

@@ -19,7 +19,7 @@
   /**
    * @typedef {{title: string, greeting: string, prompts: {label: string, prompt: string}[], placeholder: string,
    *   disclaimer: string, locale: string, renderer: "auto" | "chatkit" | "lite",
-   *   theme: {color_scheme: "light" | "dark", accent: string, radius: string, density: string, font_family: string}}} Branding
+   *   theme: {color_scheme: "light" | "dark", accent: string, accent_ink: string, radius: string, density: string, font_family: string}}} Branding
    * @typedef {{tenant: string, key: string, branding: Branding, origins: string[], embed_url: string,
    *   chatkit: {api_url: string, domain_key: string, script_url: string}}} Config
    * @typedef {{send(text: string): void, focus(): void}} Renderer

@@ -30,7 +30,7 @@
   /**
    * @typedef {{title: string, greeting: string, prompts: {label: string, prompt: string}[], placeholder: string,
    *   disclaimer: string, locale: string,
-   *   theme: {color_scheme: string, accent: string, radius: string, density: string, font_family: string}}} Branding
+   *   theme: {color_scheme: string, accent: string, accent_ink: string, radius: string, density: string, font_family: string}}} Branding
    * @typedef {{branding: Branding, apiUrl: string, fetch: typeof fetch, thread: string | null,
    *   readEvents: (stream: ReadableStream<Uint8Array>, onEvent: (event: any) => void) => Promise<void>,
    *   onThread: (id: string | null) => void, onClose: () => void}} Options
@@ -324,19 +324,13 @@
     return i;
   }
 
-  /** Dark text on light accents, white otherwise. @param {string} hex */
-  function ink(hex) {
-    var n = parseInt(hex.slice(1), 16);
-    return 0.299 * (n >> 16) + 0.587 * ((n >> 8) & 255) + 0.114 * (n & 255) > 170 ? "#111" : "#fff";
-  }
-
   /** @param {HTMLElement} node @param {Branding["theme"]} theme */
   function applyTheme(node, theme) {
     var radius = RADII[/** @type {keyof typeof RADII} */ (theme.radius)] || RADII.round;
     var density = DENSITY[/** @type {keyof typeof DENSITY} */ (theme.density)] || DENSITY.normal;
     node.setAttribute("data-scheme", theme.color_scheme === "dark" ? "dark" : "light");
     node.style.setProperty("--pl-accent", theme.accent);
-    node.style.setProperty("--pl-accent-ink", ink(theme.accent));
+    node.style.setProperty("--pl-accent-ink", theme.accent_ink);
     node.style.setProperty("--pl-radius", radius[0] + "px");
     node.style.setProperty("--pl-radius-control", radius[1] + "px");
     node.style.setProperty("--pl-gap", density[0] + "px");

@@ -143,12 +143,6 @@
     if (e.key == "Escape" && isOpen) close(true);
   }
 
-  /** Dark text on light accents. @param {string} hex */
-  function ink(hex) {
-    var n = parseInt(hex.slice(1), 16);
-    return 0.299 * (n >> 16) + 0.587 * ((n >> 8) & 255) + 0.114 * (n & 255) > 170 ? "#111" : "#fff";
-  }
-
   function draw() {
     var b = config.branding;
     var side = right ? "right" : "left";
@@ -159,7 +153,7 @@
     style.textContent =
       ":host{all:initial}" +
       ".l{position:fixed;bottom:20px;" + side + ":20px;width:56px;height:56px;border:0;border-radius:50%;cursor:pointer;" +
-      "display:flex;align-items:center;justify-content:center;background:" + b.theme.accent + ";color:" + ink(b.theme.accent) +
+      "display:flex;align-items:center;justify-content:center;background:" + b.theme.accent + ";color:" + b.theme.accent_ink +
       ";box-shadow:0 4px 14px rgba(0,0,0,.25)}" +
       ".l:focus-visible{outline:3px solid " + b.theme.accent + ";outline-offset:3px}" +
       ".p{position:fixed;bottom:88px;" + side + ":20px;width:400px;height:min(680px,calc(100vh - 108px));max-width:calc(100vw - 40px);" +

@@ -47,10 +47,13 @@ async def _active_key(scope: Scope) -> DomainKey:
 
 def public_config(tenant: Tenant, key: DomainKey, services: Services) -> dict[str, object]:
     """Return what a page needs to draw the widget: branding and where to talk."""
+    branding = tenant.branding.model_dump(mode="json")
+    # Worked out here once, so the launcher and the lite renderer put the same readable text on the accent.
+    branding["theme"]["accent_ink"] = tenant.branding.theme.accent_ink()
     return {
         "tenant": tenant.id,
         "key": key.id,
-        "branding": tenant.branding.model_dump(mode="json"),
+        "branding": branding,
         "chatkit": {
             "api_url": f"/t/{tenant.id}/chatkit",
             "domain_key": services.settings.chatkit_domain_key,
