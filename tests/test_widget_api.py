@@ -29,6 +29,7 @@ async def test_session_from_allowed_origin_gets_a_token_and_cors_headers(redis: 
     body = response.json()
     assert body["visitor_id"].startswith("v_") and len(body["visitor_id"]) == 34
     assert body["token"] and body["expires_at"]
+    assert body["expires_in"] == 3600, "the default session lifetime, counted from the reply"
     assert response.headers["access-control-allow-origin"] == origin.lower().replace(":443", "")
     assert "Origin" in response.headers["vary"]
     assert "access-control-allow-credentials" not in response.headers

@@ -86,7 +86,9 @@ async def session(request: Request) -> JSONResponse:
     visitor_id = _returning_visitor(services, previous.token, tenant, origin) or new_id("v")
     token, claims = services.tokens.issue(tenant_id=tenant.id, key_id=key.id, origin=origin, visitor_id=visitor_id)
     expires_at = datetime.fromtimestamp(claims.expires_at, UTC).isoformat()
-    body = {"token": token, "expires_at": expires_at, "visitor_id": visitor_id}
+    # expires_in lets a browser whose clock is off still renew on time: it counts from when the reply arrives.
+    expires_in = claims.expires_at - claims.issued_at
+    body = {"token": token, "expires_at": expires_at, "expires_in": expires_in, "visitor_id": visitor_id}
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
