@@ -36,6 +36,12 @@ def test_widget_scripts_are_type_checked(name: str) -> None:
     assert (WIDGET / name).read_text(encoding="utf-8").startswith("// @ts-check\n")
 
 
+@pytest.mark.parametrize("name", ["loader.js", "embed.js", "lite.js"])
+def test_widget_scripts_parse_in_older_safari(name: str) -> None:
+    # Safari before 16.4 rejects a regex lookbehind when it parses the file, so nothing in it would run.
+    assert not re.search(r"\(\?<[=!]", (WIDGET / name).read_text(encoding="utf-8"))
+
+
 async def test_widget_js_is_cached_and_revalidated_with_an_etag(redis: Redis) -> None:
     async with perch(redis) as client:
         first = await client.get("/widget.js")

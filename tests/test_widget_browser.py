@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -548,6 +549,60 @@ async def test_model_output_cannot_run_script_or_load_remote_images(redis: Redis
             assert dialogs == []
             assert s.site.canary_hits == []
             assert not [url for url in requested if "/canary" in url]
+
+
+RENDER = """text => {
+  const box = document.createElement("div");
+  window.PerchLite.markdown(text, box);
+  return {html: box.innerHTML, text: box.textContent};
+}"""
+LONG = 100_000
+SLOW_LINES = [
+    pytest.param("# a" + " " * 7000 + "x", "a" + " " * 7000 + "x", id="heading-then-spaces"),
+    pytest.param("# a" + " #" * 3500 + " x", "a" + " #" * 3500 + " x", id="heading-with-hashes"),
+    pytest.param("a|b\n" + " " * 2 * LONG + "x", "a|bx", id="table-rule-of-spaces"),
+    pytest.param("*a" * LONG, "*a" * LONG, id="unmatched-emphasis"),
+    pytest.param("a_" * LONG, "a_" * LONG, id="snake-case"),
+    pytest.param("a_" * 3_000, "a_" * 3_000, id="snake-case-within-the-line-limit"),
+    pytest.param("[" * 2 * LONG, "[" * 2 * LONG, id="open-brackets"),
+    pytest.param("![a](" * (LONG // 2), "![a](" * (LONG // 2), id="images-never-closed"),
+]
+
+
+async def _lite_page(s: Stack, browser: Browser) -> Page:
+    """A page with only the lite renderer's script, to call its markdown renderer directly."""
+    s.site.pages["/lite"] = f'<!doctype html><script src="{s.service}/widget/lite.js"></script>'
+    page = await browser.new_page()
+    await page.goto(s.customer + "/lite")
+    await page.wait_for_function("() => window.PerchLite", timeout=TIMEOUT_MS)
+    return page
+
+
+@pytest.mark.parametrize(("text", "shown"), SLOW_LINES)
+async def test_markdown_renders_pathological_lines_without_stalling(redis: Redis, text: str, shown: str) -> None:
+    # Streaming re-renders the whole reply on each frame, so a slow pattern would freeze the chat.
+    async with stack(redis) as s, chromium() as browser:
+        page = await _lite_page(s, browser)
+        async with asyncio.timeout(TIMEOUT_MS / 1000):
+            rendered = await page.evaluate(RENDER, text)
+        assert rendered["text"] == shown
+
+
+async def test_markdown_tables_keep_escaped_pipes_and_links_never_nest(redis: Redis) -> None:
+    async with stack(redis) as s, chromium() as browser:
+        page = await _lite_page(s, browser)
+        table = await page.evaluate(RENDER, "| a | b |\n| --- | :-: |\n| x \\| y | z |\n| w | \\|\\| |")
+        assert table["html"] == (
+            '<div class="pl-table"><table><thead><tr><th>a</th><th>b</th></tr></thead>'
+            "<tbody><tr><td>x | y</td><td>z</td></tr><tr><td>w</td><td>||</td></tr></tbody></table></div>"
+        )
+        linked = await page.evaluate(RENDER, "[![logo](https://example.com/logo.png)](https://example.com/)")
+        assert linked["html"] == (
+            '<p><a href="https://example.com/" target="_blank" rel="noopener noreferrer">'
+            '<span class="pl-img">[Image: logo]</span></a></p>'
+        )
+        heading = await page.evaluate(RENDER, "## Returns ##\n# C# #")
+        assert heading["html"] == '<h4 class="pl-h">Returns</h4><h3 class="pl-h">C#</h3>'
 
 
 async def test_dark_theme_and_mobile_layout(redis: Redis) -> None:

@@ -14,6 +14,8 @@
 
   var PAGE_SIZE = 30;
   var MAX_DEPTH = 6;
+  // Some inline patterns take time quadratic in a line's length; a longer line is shown as plain text.
+  var MAX_LINE = 8000;
   var SAFE_PROTOCOLS = /^(https?:|mailto:)$/;
   var PLACEHOLDER_BASE = "https://relative.invalid/";
   var RADII = { pill: [20, 999], round: [16, 12], soft: [8, 6], sharp: [0, 0] };
@@ -110,22 +112,24 @@
    * @param {boolean} [inLink]
    */
   function inline(text, parent, depth, inLink) {
+    var plain = "";
     while (text) {
-      var m = depth < MAX_DEPTH ? INLINE.exec(text) : null;
+      var m = depth < MAX_DEPTH && text.length <= MAX_LINE ? INLINE.exec(text) : null;
       // `_` inside a word (snake_case) is not emphasis.
       if (m && (m[11] === "_" || m[9] === "__") && m.index > 0 && /[A-Za-z0-9]/.test(text.charAt(m.index - 1))) {
-        parent.appendChild(document.createTextNode(text.slice(0, m.index + 1)));
+        plain += text.slice(0, m.index + 1);
         text = text.slice(m.index + 1);
         continue;
       }
-      if (!m) {
-        parent.appendChild(document.createTextNode(text));
-        return;
-      }
-      if (m.index) parent.appendChild(document.createTextNode(text.slice(0, m.index)));
+      if (!m) break;
+      plain += text.slice(0, m.index);
+      if (plain) parent.appendChild(document.createTextNode(plain));
+      plain = "";
       text = text.slice(m.index + m[0].length);
       inlineToken(m, parent, depth, !!inLink);
     }
+    plain += text;
+    if (plain) parent.appendChild(document.createTextNode(plain));
   }
 
   /** @param {RegExpExecArray} m @param {Node} parent @param {number} depth @param {boolean} inLink */
@@ -134,7 +138,8 @@
     if (m[1]) {
       parent.appendChild(el("code", "", m[2].replace(/^ (.*) $/, "$1")));
     } else if (m[4] !== undefined) {
-      parent.appendChild(imageLink(m[3], m[4]));
+      // An image inside link text stays text: a link may not hold another.
+      parent.appendChild(inLink ? el("span", "pl-img", "[Image" + (m[3] ? ": " + m[3] : "") + "]") : imageLink(m[3], m[4]));
     } else if (m[6] !== undefined) {
       href = inLink ? null : safeUrl(m[6]);
       var target = href ? link(href) : el("span");
@@ -175,26 +180,40 @@
   }
 
   var FENCE = /^\s{0,3}(```+|~~~+)\s*([\w+-]*)/;
-  var HEADING = /^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+  // Linear on any line: the closing #s are trimmed by `headingText`, not by backtracking here.
+  var HEADING = /^ {0,3}(#{1,6})[ \t]+([\s\S]*)$/;
   var RULE = /^\s{0,3}([-*_])(\s*\1){2,}\s*$/;
   var QUOTE = /^\s{0,3}>\s?/;
-  var ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
-  var TABLE_RULE = /^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$/;
+  var ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+([\s\S]*)$/;
+
+  /** Say whether a line is a table's header rule, like `| --- | :-: |`. @param {string} line */
+  function tableRule(line) {
+    return /^[ \t|:-]+$/.test(line) && cells(line).every(function (cell) {
+      return /^:?-+:?$/.test(cell);
+    });
+  }
+
+  /** Drop a heading's closing run of #s. @param {string} text */
+  function headingText(text) {
+    return text.trim().replace(/(?:^|[ \t])#+$/, "").trim();
+  }
 
   /** @param {string} line */
   function startsBlock(line) {
     return FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) || ITEM.test(line);
   }
 
-  /** @param {string} row */
+  /** Split a table row at its pipes, except escaped ones (`\|`). @param {string} row */
   function cells(row) {
+    // A NUL stands in for `\|` while splitting: no lookbehind, which Safari before 16.4 cannot parse.
     return row
+      .replace(/\\\|/g, "\0")
       .trim()
       .replace(/^\|/, "")
       .replace(/\|$/, "")
-      .split(/(?<!\\)\|/)
+      .split("|")
       .map(function (cell) {
-        return cell.trim();
+        return cell.trim().replace(/\0/g, "\\|");
       });
   }
 
@@ -213,6 +232,9 @@
       var m;
       if (!line.trim()) {
         i++;
+      } else if (line.length > MAX_LINE) {
+        parent.appendChild(el("p", "", line));
+        i++;
       } else if ((m = FENCE.exec(line))) {
         var fence = m[1];
         var code = [];
@@ -225,7 +247,7 @@
         parent.appendChild(pre);
       } else if ((m = HEADING.exec(line))) {
         var heading = el("h" + Math.min(6, m[1].length + 2), "pl-h");
-        inline(m[2], heading, 0);
+        inline(headingText(m[2]), heading, 0);
         parent.appendChild(heading);
         i++;
       } else if (RULE.test(line)) {
@@ -240,7 +262,7 @@
         parent.appendChild(quote);
       } else if (ITEM.test(line)) {
         i = list(lines, i, parent, depth);
-      } else if (line.indexOf("|") >= 0 && i + 1 < lines.length && TABLE_RULE.test(lines[i + 1])) {
+      } else if (line.indexOf("|") >= 0 && i + 1 < lines.length && tableRule(lines[i + 1])) {
         i = table(lines, i, parent);
       } else {
         var paragraph = el("p");
@@ -403,6 +425,9 @@
     /** @type {Set<string>} */
     var dirty = new Set();
     var frameRequested = false;
+    var nextDraw = 0;
+    /** @type {number | undefined} */
+    var drawLater;
     // Bumped when the visitor switches threads, so a stream still ending draws nothing on the new one.
     var generation = 0;
 
@@ -506,23 +531,44 @@
       scrollDown();
     }
 
-    /** @param {string} id */
-    function render(id) {
+    /**
+     * Redraw a reply on the next frame. While it streams, each redraw parses the whole reply again, so a
+     * slow one waits: the page spends at most a fifth of its time drawing and stays responsive.
+     * @param {string} id @param {boolean} [streaming]
+     */
+    function render(id, streaming) {
       dirty.add(id);
+      var wait = streaming ? nextDraw - Date.now() : 0;
+      if (drawLater !== undefined && wait <= 0) {
+        clearTimeout(drawLater);
+        drawLater = undefined;
+        frameRequested = false;
+      }
       if (frameRequested) return;
       frameRequested = true;
-      requestAnimationFrame(function () {
-        frameRequested = false;
-        dirty.forEach(function (key) {
-          var item = items.get(key);
-          if (!item) return;
-          var fragment = document.createDocumentFragment();
-          markdown(item.parts.join("\n\n"), fragment);
-          item.body.replaceChildren(fragment);
-        });
-        dirty.clear();
-        scrollDown();
+      if (wait > 0) {
+        drawLater = setTimeout(function () {
+          drawLater = undefined;
+          requestAnimationFrame(draw);
+        }, wait);
+      } else {
+        requestAnimationFrame(draw);
+      }
+    }
+
+    function draw() {
+      var began = Date.now();
+      frameRequested = false;
+      dirty.forEach(function (key) {
+        var item = items.get(key);
+        if (!item) return;
+        var fragment = document.createDocumentFragment();
+        markdown(item.parts.join("\n\n"), fragment);
+        item.body.replaceChildren(fragment);
       });
+      dirty.clear();
+      scrollDown();
+      nextDraw = Date.now() + 4 * (Date.now() - began);
     }
 
     /** @param {string} id @param {any} update */
@@ -533,7 +579,7 @@
       while (item.parts.length <= index) item.parts.push("");
       if (update.type === "assistant_message.content_part.text_delta") item.parts[index] += update.delta;
       else if (update.content && typeof update.content.text === "string") item.parts[index] = update.content.text;
-      render(id);
+      render(id, true);
     }
 
     /** @param {string} id */
