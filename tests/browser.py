@@ -156,6 +156,24 @@ main{{max-width:820px;margin:0 auto;padding:40px 32px}} h1{{font-size:40px;line-
 </body></html>"""
 
 
+@asynccontextmanager
+async def black_hole() -> AsyncIterator[str]:
+    """Serve nothing: accept connections and never answer, like a CDN that hangs. Yields its base URL."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+        await server.wait_closed()
+
+
 HOST_EVENTS = """<script>
 window.__events = [];
 window.Perch = window.Perch || function () { (Perch.q = Perch.q || []).push(arguments); };

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Frame, Page
+from playwright.async_api import Browser, Frame, Page, Route
 from redis.asyncio import Redis
 
 from service.app import create_app
@@ -24,6 +24,7 @@ from tests.browser import (
     TIMEOUT_MS,
     CustomerSite,
     Recorder,
+    black_hole,
     chromium,
     click_launcher,
     console_warnings,
@@ -75,6 +76,7 @@ async def stack(
     ai: AISettings | None = None,
     allow_customer: bool = True,
     chatkit_js: str | None = None,
+    chatkit_url: str = UNREACHABLE_CHATKIT,
     upstream: str | None = None,
     limits: Limits | None = None,
     session_ttl_seconds: int = 3600,
@@ -88,7 +90,6 @@ async def stack(
         await repo.save(tenant)
         origins = [customer] if allow_customer else ["https://shop.example.com"]
         key = await repo.create_key("acme", origins, key_id="dk_acme_test")
-        chatkit_url = UNREACHABLE_CHATKIT
         if chatkit_js is not None:
             site.files["/chatkit.js"] = (chatkit_js, "application/javascript")
             chatkit_url = f"{customer}/chatkit.js"
@@ -471,6 +472,57 @@ async def test_lite_renderer_takes_over_when_chatkit_cannot_run(
             assert "/chatkit.js" not in s.site.served, "a tenant on the lite renderer never loads ChatKit"
 
 
+async def test_lite_renderer_takes_over_when_chatkit_cdn_never_answers(redis: Redis) -> None:
+    branding = BRANDING.model_copy(update={"renderer": "auto"})
+    async with (
+        black_hole() as cdn,
+        stack(redis, branding=branding, chatkit_url=f"{cdn}/chatkit.js") as s,
+        chromium() as browser,
+    ):
+        page = await browser.new_page()
+        await page.goto(page_for(s))
+        await click_launcher(page)
+        frame = await embed_frame(page)
+        await lite_ready(frame)
+        assert "Still there?" in await send_and_wait_reply(frame, "Still there?")
+
+
+MALFORMED_STREAM = "".join(
+    f"data: {json.dumps(event)}\n\n"
+    for event in [
+        {"type": "thread.created", "thread": {"id": "thr_stream"}},
+        {"type": "thread.item.done", "item": {"type": "user_message", "id": "msg_1", "content": "not a list"}},
+        {
+            "type": "thread.item.done",
+            "item": {
+                "type": "assistant_message",
+                "id": "msg_2",
+                "thread_id": "thr_stream",
+                "content": [{"type": "output_text", "text": "Still streaming."}],
+            },
+        },
+    ]
+)
+
+
+async def test_a_malformed_event_does_not_stop_the_host_hearing_about_messages(redis: Redis) -> None:
+    branding = BRANDING.model_copy(update={"renderer": "auto"})
+    async with stack(redis, branding=branding, chatkit_js=STAND_IN_CHATKIT) as s, chromium() as browser:
+        page = await browser.new_page()
+
+        async def malformed(route: Route) -> None:
+            await route.fulfill(status=200, content_type="text/event-stream", body=MALFORMED_STREAM)
+
+        await page.route(f"{s.service}/t/acme/chatkit", malformed)
+        await page.goto(page_for(s, head=HOST_EVENTS))
+        await click_launcher(page)
+        frame = await embed_frame(page)
+        await frame.wait_for_function("() => window.__chatkitFocused", timeout=TIMEOUT_MS)
+        await page.evaluate("Perch('sendMessage', 'Hello')")
+        await page.wait_for_function("() => window.__events.some(e => e.name === 'message')", timeout=TIMEOUT_MS)
+        assert [m["text"] for m in await host_events(page, "message")] == ["Still streaming."]
+
+
 XSS_CORPUS = """Here is a tricky answer.
 
 <script>alert('script')</script>
@@ -823,6 +875,48 @@ async def test_tokens_are_renewed_before_they_expire_and_the_visitor_keeps_the_c
         assert len(visitors) == 1, "one visitor throughout"
         assert s.recorder.chatkit_bodies()[-1]["type"] == "threads.add_user_message", "the same conversation"
         assert await frame.locator(".pl-user").all_inner_texts() == ["Before expiry", "After expiry"]
+        assert await frame.locator(".pl-error").count() == 0
+
+
+SESSION_LIMIT = "Too many new chats from your network — try again in 5 min."
+
+
+@pytest.mark.parametrize(
+    ("failure", "shown"),
+    [
+        pytest.param("network", "The chat could not renew its session.", id="network-error"),
+        pytest.param("limit", SESSION_LIMIT, id="session-limit"),
+    ],
+)
+async def test_a_failed_renewal_keeps_the_conversation_and_can_be_retried(
+    redis: Redis, failure: str, shown: str
+) -> None:
+    # A twenty-second session is always near expiry, so each message renews the token first.
+    async with stack(redis, session_ttl_seconds=20) as s, chromium() as browser:
+        page, frame = await _open_lite(s, browser)
+        assert "First" in await send_and_wait_reply(frame, "First")
+
+        async def refuse(route: Route) -> None:
+            if failure == "network":
+                await route.abort()
+                return
+            error = {"error": {"code": "rate_limited", "message": SESSION_LIMIT}}
+            headers = {"Access-Control-Allow-Origin": s.customer}
+            await route.fulfill(status=429, headers=headers, json=error)
+
+        session_url = f"{s.service}/v1/widget/{s.key}/session"
+        await page.route(session_url, refuse)
+        await frame.fill(".pl-input", "Second")
+        await frame.press(".pl-input", "Enter")
+        error = frame.locator(".pl-error[role=alert]")
+        await error.wait_for(timeout=TIMEOUT_MS)
+        assert shown in await error.inner_text()
+        assert await frame.locator(".pl-user").all_inner_texts() == ["First", "Second"]
+        assert await frame.locator(".perch-status").count() == 0, "the chat stays in place"
+
+        await page.unroute(session_url)
+        await error.locator(".pl-retry").click()
+        assert "Second" in await replies(frame, 2)
         assert await frame.locator(".pl-error").count() == 0
 
 

@@ -13,6 +13,7 @@
   var NS = "perch";
   var CHATKIT_TIMEOUT_MS = 5000;
   var TOKEN_TIMEOUT_MS = 10000;
+  var RENEW_FAILED = "The chat could not renew its session. Please check your connection and try again.";
   var MAX_CONTEXT_BYTES = 2048;
   var CONTEXT_REQUESTS = /^threads\.(create|add_user_message)$/;
 
@@ -37,7 +38,7 @@
   var session = null;
   /** @type {unknown} */
   var context = null;
-  /** @type {((value: void) => void) | null} */
+  /** @type {{resolve: () => void, reject: (error: Error) => void} | null} */
   var tokenWaiter = null;
   /** @type {Promise<void> | null} */
   var refreshing = null;
@@ -88,7 +89,7 @@
       }
     } else if (message.type === "token") {
       session = { token: payload.token, expires_at: payload.expires_at };
-      if (tokenWaiter) tokenWaiter();
+      if (tokenWaiter) tokenWaiter.resolve();
     } else if (message.type === "context") {
       setContext(payload.context);
     } else if (message.type === "send" && renderer) {
@@ -96,7 +97,12 @@
     } else if ((message.type === "focus" || message.type === "opened") && renderer) {
       renderer.focus();
     } else if (message.type === "fail") {
-      status(String(payload.message || "The chat could not start."));
+      // The loader's own errors carry a code; others (a network error) have no message fit to show.
+      var text = payload.code && payload.message ? String(payload.message) : "";
+      // Once the chat is up, a failed renewal fails only the request waiting for it: the renderer
+      // shows the error and the visitor may try again, without losing the conversation.
+      if (!started) status(text || "The chat could not start. Please check your connection and reload.");
+      else if (tokenWaiter) tokenWaiter.reject(new Error(text || RENEW_FAILED));
     }
   });
 
@@ -108,9 +114,9 @@
   function refreshToken() {
     if (!refreshing) {
       refreshing = new Promise(function (resolve, reject) {
-        tokenWaiter = resolve;
+        tokenWaiter = { resolve: resolve, reject: reject };
         setTimeout(function () {
-          reject(new Error("The chat session could not be renewed. Please reload the page."));
+          reject(new Error(RENEW_FAILED));
         }, TOKEN_TIMEOUT_MS);
         post("token_request");
       });
@@ -192,14 +198,20 @@
       return response;
     }
     var pair = response.body.tee();
-    // A malformed event is the renderer's to report; the host only hears about good ones.
-    readEvents(pair[1], observe).catch(function () {});
+    // A malformed event is the renderer's to report; the host only hears about good ones, and an
+    // event that trips `observe` is skipped rather than ending the copy (which would then fill up).
+    readEvents(pair[1], function (event) {
+      try {
+        observe(event);
+      } catch (e) {}
+    }).catch(function () {});
     return new Response(pair[0], { status: response.status, statusText: response.statusText, headers: response.headers });
   }
 
   /**
-   * Call `onEvent` with each JSON event of an SSE body; resolves when the stream ends and rejects on
-   * a malformed event. The lite renderer reads its streams with this too.
+   * Call `onEvent` with each JSON event of an SSE body; resolves when the stream ends, and rejects and
+   * stops reading on a malformed event or when `onEvent` throws. The lite renderer reads its streams
+   * with this too.
    * @param {ReadableStream<Uint8Array>} stream
    * @param {(event: any) => void} onEvent
    * @returns {Promise<void>}
@@ -231,7 +243,10 @@
         return pump();
       });
     }
-    return pump();
+    return pump().catch(function (error) {
+      reader.cancel().catch(function () {});
+      throw error;
+    });
   }
 
   /** @param {any} event */
@@ -288,16 +303,23 @@
     });
   }
 
-  // Start fetching the renderer's code while the parent fetches the session.
+  // The loader sends `init` when this page's load event fires, which a pending script holds back:
+  // so ChatKit's script is fetched only after it, and a CDN that never answers just times out.
+  var loaded = new Promise(function (resolve) {
+    if (document.readyState === "complete") resolve(undefined);
+    else window.addEventListener("load", resolve);
+  });
   var chatkitLoading =
     branding.renderer === "lite"
       ? Promise.reject(new Error("The tenant chose the lite renderer."))
-      : Promise.race([
-          loadScript(config.chatkit.script_url).then(function () {
-            return customElements.whenDefined("openai-chatkit");
-          }),
-          timeout(CHATKIT_TIMEOUT_MS),
-        ]);
+      : loaded.then(function () {
+          return Promise.race([
+            loadScript(config.chatkit.script_url).then(function () {
+              return customElements.whenDefined("openai-chatkit");
+            }),
+            timeout(CHATKIT_TIMEOUT_MS),
+          ]);
+        });
   chatkitLoading.catch(function () {});
   status("Loading…");
   if (window.parent === window) status("This page shows a chat inside a website; it does nothing on its own.");

@@ -106,14 +106,15 @@
   }
 
   function init() {
+    frameReady = 0;
     ensureSession().then((s) => {
-      post("init", { token: s.token, expires_at: s.expires_at, thread: s.thread || null, context: context, open: isOpen });
+      post("init", Object.assign({ context: context, open: isOpen }, s));
     }, fail);
   }
 
   /** @param {any} e */
   function fail(e) {
-    post("fail", e);
+    post("fail", { code: e && e.code, message: e && e.message });
   }
 
   /** @param {MessageEvent} e */
@@ -125,9 +126,7 @@
       frameReady = true;
       outbox.splice(0).forEach((x) => post(x[0], x[1]));
     } else if (m.type == "token_request") {
-      renew().then((s) => {
-        post("token", { token: s.token, expires_at: s.expires_at });
-      }, fail);
+      renew().then((s) => post("token", s), fail);
     } else if (m.type == "thread") {
       if (session) session.thread = p.id || null;
       save();
