@@ -302,10 +302,17 @@ async def test_calls_queued_before_load_run_and_bad_calls_are_reported(redis: Re
         assert await page.evaluate("document.querySelectorAll('perch-widget').length") == 0
 
 
+PAGE_DIALOG = """<script>
+document.addEventListener("keydown", function (event) {
+  if (event.key === "Escape" && window.__dialogOpen) { event.preventDefault(); window.__dialogOpen = false; }
+}, true);
+</script>"""
+
+
 async def test_escape_closes_and_focus_moves_in_and_back(redis: Redis) -> None:
     async with stack(redis) as s, chromium() as browser:
         page = await browser.new_page()
-        await page.goto(page_for(s))
+        await page.goto(page_for(s, head=PAGE_DIALOG))
         await click_launcher(page)
         frame = await embed_frame(page)
         await lite_ready(frame)
@@ -321,6 +328,10 @@ async def test_escape_closes_and_focus_moves_in_and_back(redis: Redis) -> None:
         await frame.wait_for_function("() => document.activeElement.classList.contains('pl-input')", timeout=TIMEOUT_MS)
 
         await page.click("#page-button")
+        await page.evaluate("window.__dialogOpen = true")
+        await page.keyboard.press("Escape")
+        assert await page.evaluate("window.__dialogOpen") is False, "the page's own dialog took that Escape"
+        assert (await launcher(page))["aria-expanded"] == "true"
         await page.keyboard.press("Escape")
         await expanded(page, "false")
 
@@ -344,9 +355,10 @@ async def test_disallowed_origin_shows_no_chat_and_sends_no_chat_request(redis: 
 async def test_consent_mode_stores_and_asks_nothing_before_the_visitor_opens(redis: Redis) -> None:
     async with stack(redis) as s, chromium() as browser:
         page = await browser.new_page()
-        await page.goto(page_for(s, head=HOST_EVENTS, consent="required"))
+        await page.goto(page_for(s, head=HOST_EVENTS, consent="required", open="true"))
         await page.wait_for_function("() => window.__events.some(e => e.name === 'ready')", timeout=TIMEOUT_MS)
-        await launcher(page)
+        assert (await launcher(page))["aria-expanded"] == "false", "data-open waits for the visitor to open it"
+        assert s.recorder.paths("/embed/") == []
         assert s.recorder.sessions() == []
         assert await page.evaluate("localStorage.length") == 0
 
@@ -850,10 +862,18 @@ async def test_a_rejected_token_is_renewed_and_the_request_retried(redis: Redis)
         assert stored["token"] == tokens[-1]
 
 
-async def test_tokens_are_renewed_before_they_expire_and_the_visitor_keeps_the_conversation(redis: Redis) -> None:
+@pytest.mark.parametrize(
+    "clock_behind_seconds",
+    [pytest.param(0, id="clock-right"), pytest.param(3600, id="visitor-clock-an-hour-slow")],
+)
+async def test_tokens_are_renewed_before_they_expire_and_the_visitor_keeps_the_conversation(
+    redis: Redis, clock_behind_seconds: int
+) -> None:
     # A three-second session: every chat request finds its token near expiry, and one lapses between messages.
     async with stack(redis, session_ttl_seconds=3) as s, chromium() as browser:
-        page = await browser.new_page()
+        context = await browser.new_context()
+        await context.add_init_script(f"Date.now = (now => () => now() - {clock_behind_seconds * 1000})(Date.now)")
+        page = await context.new_page()
         await page.goto(page_for(s))
         await click_launcher(page)
         frame = await embed_frame(page)
@@ -918,6 +938,30 @@ async def test_a_failed_renewal_keeps_the_conversation_and_can_be_retried(
         await error.locator(".pl-retry").click()
         assert "Second" in await replies(frame, 2)
         assert await frame.locator(".pl-error").count() == 0
+
+
+async def test_shutdown_during_a_renewal_stores_nothing(redis: Redis) -> None:
+    async with stack(redis) as s, chromium() as browser:
+        page = await browser.new_page()
+        asked, answer = asyncio.Event(), asyncio.Event()
+
+        async def hold(route: Route) -> None:
+            asked.set()
+            await answer.wait()
+            await route.continue_()
+
+        await page.route(f"{s.service}/v1/widget/{s.key}/session", hold)
+        await page.goto(page_for(s))
+        await wait_until(asked.is_set)
+        await page.evaluate("Perch('shutdown')")
+        answer.set()
+        await page.wait_for_function(
+            "() => performance.getEntriesByType('resource').some(e => e.name.endsWith('/session'))",
+            timeout=TIMEOUT_MS,
+        )
+        await page.evaluate("new Promise(resolve => setTimeout(resolve, 200))")
+        assert s.recorder.sessions()[0]["status"] == 200
+        assert await page.evaluate("localStorage.length") == 0
 
 
 SPY = """<script>

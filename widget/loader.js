@@ -76,7 +76,10 @@
     renewing = api("/session", { method: "POST", body: JSON.stringify({ token: previous ? previous.token : null }) }).then(
       (body) => {
         renewing = null;
-        session = { token: body.token, expires_at: body.expires_at, thread: previous ? previous.thread : null };
+        if (dead) throw 0;
+        // By our clock, not the server's.
+        var at = new Date(Date.now() + body.expires_in * 1e3 || body.expires_at).toISOString();
+        session = { token: body.token, expires_at: at, thread: previous ? previous.thread : null };
         save();
         return session;
       },
@@ -139,7 +142,7 @@
 
   /** @param {KeyboardEvent} e */
   function onKey(e) {
-    if (e.key == "Escape" && isOpen) close(true);
+    if (e.key == "Escape" && isOpen && !e.defaultPrevented) close(true);
   }
 
   function draw() {
@@ -282,7 +285,7 @@
       draw();
       ready = true;
       emit("ready");
-      if (data.open == "true") open();
+      if (data.open == "true" && !consent) open(); // consent: the visitor opens
       later.splice(0).forEach((fn) => fn());
     })
     .catch((e) => {
