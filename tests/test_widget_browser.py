@@ -707,11 +707,7 @@ async def test_lite_prompts_retries_and_recovers_from_errors(redis: Redis) -> No
     async with serve(fake.app) as upstream:
         ai = AISettings(provider="openai", model="gpt-test")
         async with stack(redis, ai=ai, upstream=upstream) as s, chromium() as browser:
-            page = await browser.new_page()
-            await page.goto(page_for(s))
-            await click_launcher(page)
-            frame = await embed_frame(page)
-            await lite_ready(frame)
+            page, frame = await _open_lite(s, browser)
 
             fake.scenario = Scenario(reply="First answer.")
             await frame.click(".pl-prompt >> text=Return policy")
@@ -795,11 +791,7 @@ async def test_lite_stop_ends_a_reply_part_way(redis: Redis) -> None:
     async with serve(fake.app) as upstream:
         ai = AISettings(provider="openai", model="gpt-test")
         async with stack(redis, ai=ai, upstream=upstream) as s, chromium() as browser:
-            page = await browser.new_page()
-            await page.goto(page_for(s))
-            await click_launcher(page)
-            frame = await embed_frame(page)
-            await lite_ready(frame)
+            page, frame = await _open_lite(s, browser)
 
             long_story = "word " * 400
             fake.scenario = Scenario(reply=long_story, chunk_size=5, chunk_delay=0.02)
