@@ -161,6 +161,7 @@ async def test_snippet_opens_streams_a_reply_and_remembers_the_conversation(redi
         assert await frame.locator("strong", has_text="openai").count() == 1, "markdown is rendered"
         announced = await frame.locator("[aria-live=polite]").inner_text()
         assert "Hello there" in announced
+        assert "openai" in announced and "*" not in announced, "screen readers hear the text, not markdown marks"
         await screenshot(page, "chat-light.png")
 
         stored = await page.evaluate("localStorage.getItem('perch:dk_acme_test')")

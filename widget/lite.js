@@ -346,6 +346,20 @@
     return i;
   }
 
+  /**
+   * Return a reply as a screen reader should hear it: the rendered text, one block a line, no markdown marks.
+   * @param {string} text
+   */
+  function spoken(text) {
+    var rendered = el("div");
+    markdown(text, rendered);
+    return Array.prototype.map
+      .call(rendered.children, function (/** @type {Element} */ block) {
+        return block.textContent;
+      })
+      .join("\n");
+  }
+
   /** @param {HTMLElement} node @param {Branding["theme"]} theme */
   function applyTheme(node, theme) {
     var radius = RADII[/** @type {keyof typeof RADII} */ (theme.radius)] || RADII.round;
@@ -524,7 +538,7 @@
       else render(item.id);
       if (done && known.type === "assistant_message") {
         known.node.classList.remove("pl-streaming");
-        live.textContent = known.parts.join("\n");
+        live.textContent = spoken(known.parts.join("\n\n"));
       } else if (known.type === "assistant_message") {
         known.node.classList.add("pl-streaming");
       }
