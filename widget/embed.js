@@ -94,7 +94,7 @@
       setContext(payload.context);
     } else if (message.type === "send" && renderer) {
       renderer.send(String(payload.text || ""));
-    } else if ((message.type === "focus" || message.type === "opened") && renderer) {
+    } else if (message.type === "focus" && renderer) {
       renderer.focus();
     } else if (message.type === "fail") {
       // The loader's own errors carry a code; others (a network error) have no message fit to show.

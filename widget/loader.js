@@ -111,7 +111,7 @@
   function init() {
     frameReady = 0;
     ensureSession().then((s) => {
-      post("init", Object.assign({ context: context, open: isOpen }, s));
+      post("init", Object.assign({ context: context }, s));
     }, fail);
   }
 
